@@ -1,0 +1,482 @@
+"""Params files: load YAML, validate every value, and give typed settings to the rest.
+
+Validation happens before anything runs. Each problem raises :class:`ConfigError` naming the
+file section, the key and the bad value. Checks that need the database (columns exist in the
+table) are in :func:`check_columns`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from anomaly.errors import ConfigError
+from anomaly.records import ALL_GROUPING, GROUPING_SEPARATOR
+from anomaly.sql import Aggregate, identifier, parse_aggregate
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
+
+
+@dataclass(frozen=True)
+class ClickHouseSettings:
+    """Where ClickHouse is. ``chdb:<dir>`` means the embedded endpoint over that directory."""
+
+    url: str = "chdb:data/clickhouse"
+    database: str = "anomaly"
+    max_threads: int = 1
+
+    @property
+    def embedded(self) -> bool:
+        return self.url.startswith("chdb:")
+
+    @property
+    def data_dir(self) -> Path:
+        """The chDB directory of an embedded URL, resolved against the project root."""
+        path = Path(self.url.removeprefix("chdb:"))
+        return path if path.is_absolute() else ROOT / path
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Settings of the streaming detector (see anomaly.detector)."""
+
+    kind: str = "seed"
+    decay: float = 0.99
+    band_sigmas: float = 3.0
+    tolerance_sigmas: float = 10.0
+    warmup_minutes: int = 120
+    calm_minutes: int = 5
+    min_std_fraction: float = 0.01
+    severity_sigmas: tuple[float, float] = (6.0, 12.0)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a replay runs: how many simulated minutes, how fast, how late data may arrive."""
+
+    minutes: int = 60
+    speed: float = 60.0
+    data_delay_seconds: float = 5.0
+    checkpoint_every_minutes: int = 1
+
+
+@dataclass(frozen=True)
+class InjectedAnomaly:
+    """An anomaly the demo generator puts into one slice of one customer's events."""
+
+    customer: str
+    kind: str
+    metric: str
+    grouping: str
+    values: tuple[str, ...]
+    offset_minutes: int
+    duration_minutes: int
+    magnitude: float
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """Which dataset to load. ``demo`` is generated; ``nab`` replays NAB-format CSV files."""
+
+    kind: str = "demo"
+    seed: int = 7
+    start: datetime = datetime(2026, 1, 5)
+    history_minutes: int = 240
+    heavy_customer: str | None = None
+    skew: float = 1.0
+    skew_cardinality: bool = False
+    events_per_minute: int = 1500
+    anomalies: tuple[InjectedAnomaly, ...] = ()
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class CustomerConfig:
+    """One customer: where its events are, its groupings and its metrics."""
+
+    name: str
+    table: str
+    time_column: str
+    customer_column: str | None
+    groupings: tuple[tuple[str, ...], ...]
+    metrics: dict[str, Aggregate] = field(hash=False)
+    min_group_size: int = 50
+
+    @property
+    def dimension_columns(self) -> tuple[str, ...]:
+        """Every column any grouping uses, in first-seen order."""
+        seen: dict[str, None] = {}
+        for grouping in self.groupings:
+            seen.update(dict.fromkeys(grouping))
+        return tuple(seen)
+
+    @property
+    def metric_columns(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for aggregate in self.metrics.values():
+            seen.update(dict.fromkeys(aggregate.columns))
+        return tuple(seen)
+
+
+def grouping_name(grouping: tuple[str, ...]) -> str:
+    """``()`` is ``all``; ``("device", "browser")`` is ``device+browser``."""
+    return GROUPING_SEPARATOR.join(grouping) if grouping else ALL_GROUPING
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything a run needs, validated."""
+
+    clickhouse: ClickHouseSettings
+    detector: DetectorSettings
+    run: RunSettings
+    dataset: DatasetSettings
+    customers: tuple[CustomerConfig, ...]
+    source: str = "<dict>"
+
+    def customer(self, name: str) -> CustomerConfig:
+        for customer in self.customers:
+            if customer.name == name:
+                return customer
+        known = ", ".join(c.name for c in self.customers)
+        raise ConfigError(f"unknown customer {name!r}; configured: {known}")
+
+
+def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Params:
+    """Read a params YAML file, apply dotted-key overrides, and validate everything.
+
+    Parameters
+    ----------
+    path:
+        The YAML file; ``params/default.yaml`` when None.
+    overrides:
+        ``{"run.minutes": 30, "dataset.skew": 10}``: values that replace the file's.
+    """
+    path = Path(path) if path is not None else DEFAULT_PARAMS
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"params file {str(path)!r} cannot be read: {err.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"params file {str(path)!r} is not valid YAML{line}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params file {str(path)!r} must hold a mapping of sections")
+    return params_from_dict(raw, overrides, source=str(path))
+
+
+def params_from_dict(
+    raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = "<dict>"
+) -> Params:
+    """Validate an already-parsed params mapping (see :func:`load_params`)."""
+    raw = copy.deepcopy(raw)
+    for dotted, value in (overrides or {}).items():
+        _apply_override(raw, dotted, value)
+    _reject_unknown(raw, {"clickhouse", "detector", "run", "dataset", "customers"}, "top level")
+
+    clickhouse = _section(ClickHouseSettings, raw.get("clickhouse") or {}, "clickhouse")
+    identifier(clickhouse.database, "clickhouse.database")
+    _positive(clickhouse.max_threads, "clickhouse.max_threads")
+    if not clickhouse.url.startswith(("chdb:", "http://", "https://")):
+        raise ConfigError(
+            f"clickhouse.url {_redact(clickhouse.url)!r} must start with chdb:, http:// or https://"
+        )
+
+    detector = _detector(raw.get("detector") or {})
+    run = _section(RunSettings, raw.get("run") or {}, "run")
+    _positive(run.minutes, "run.minutes")
+    _positive(run.speed, "run.speed")
+    _positive(run.checkpoint_every_minutes, "run.checkpoint_every_minutes")
+    if run.data_delay_seconds < 0:
+        raise ConfigError(f"run.data_delay_seconds {run.data_delay_seconds!r} must be >= 0")
+
+    dataset = _dataset(raw.get("dataset") or {})
+    customers_raw = raw.get("customers") or []
+    if not isinstance(customers_raw, list):
+        raise ConfigError("customers must be a list of customer mappings")
+    customers = tuple(_customer(c, i) for i, c in enumerate(customers_raw))
+    names = [c.name for c in customers]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"customers: names must be unique, repeated: {duplicates}")
+    if dataset.kind == "demo":
+        if not customers:
+            raise ConfigError("customers: the demo dataset needs at least one customer")
+        _check_demo(dataset, customers)
+    return Params(clickhouse, detector, run, dataset, customers, source)
+
+
+def check_columns(client: Any, database: str, customers: tuple[CustomerConfig, ...]) -> None:
+    """Check that every table and column a customer names exists in ClickHouse."""
+    for customer in customers:
+        rows = client.query(
+            "SELECT name, type FROM system.columns WHERE database = {db:String} "
+            "AND table = {table:String}",
+            parameters={"db": database, "table": customer.table},
+        ).result_rows
+        types = dict(rows)
+        if not types:
+            raise ConfigError(
+                f"customer {customer.name!r}: table {database}.{customer.table} does not exist"
+            )
+        wanted = {customer.time_column: "time_column"}
+        if customer.customer_column:
+            wanted[customer.customer_column] = "customer_column"
+        wanted.update(dict.fromkeys(customer.dimension_columns, "dimensions"))
+        wanted.update(dict.fromkeys(customer.metric_columns, "metrics"))
+        for column, key in wanted.items():
+            if column not in types:
+                raise ConfigError(
+                    f"customer {customer.name!r}: {key} names column {column!r}, which table "
+                    f"{database}.{customer.table} does not have (it has: {', '.join(types)})"
+                )
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def _reject_unknown(mapping: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _section(cls: Any, mapping: Any, where: str) -> Any:
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where} must be a mapping, got {mapping!r}")
+    allowed = {f.name: f for f in fields(cls)}
+    _reject_unknown(mapping, set(allowed), where)
+    values = {}
+    for key, value in mapping.items():
+        default = getattr(cls(), key)
+        values[key] = _coerce(value, default, f"{where}.{key}")
+    return cls(**values)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Coerce a YAML value to the type of the field's default, naming the key on failure."""
+    if default is None:
+        return value
+    kind = type(default)
+    try:
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if kind is int:
+            if isinstance(value, bool) or float(value) != int(value):
+                raise TypeError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if kind is tuple:
+            return tuple(float(v) for v in value)
+        if kind is datetime:
+            return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: {value!r} is not a valid {kind.__name__} (default {default!r})"
+        ) from None
+    return value
+
+
+def _positive(value: float, where: str) -> None:
+    if not value > 0:
+        raise ConfigError(f"{where}: {value!r} must be greater than 0")
+
+
+def _detector(mapping: dict[str, Any]) -> DetectorSettings:
+    settings: DetectorSettings = _section(DetectorSettings, mapping, "detector")
+    if settings.kind not in ("seed",):
+        raise ConfigError(f"detector.kind {settings.kind!r} is not known; allowed: seed")
+    if not 0.0 < settings.decay < 1.0:
+        raise ConfigError(f"detector.decay {settings.decay!r} must be between 0 and 1 (exclusive)")
+    for key in ("band_sigmas", "tolerance_sigmas"):
+        _positive(getattr(settings, key), f"detector.{key}")
+    for key in ("warmup_minutes", "calm_minutes"):
+        if getattr(settings, key) < 0:
+            raise ConfigError(f"detector.{key} {getattr(settings, key)!r} must be >= 0")
+    if settings.min_std_fraction < 0:
+        raise ConfigError(f"detector.min_std_fraction {settings.min_std_fraction!r} must be >= 0")
+    low, high = (settings.severity_sigmas + (0.0, 0.0))[:2]
+    if len(settings.severity_sigmas) != 2 or not 0 < low < high:
+        raise ConfigError(
+            f"detector.severity_sigmas {list(settings.severity_sigmas)!r} must be two "
+            "increasing positive numbers [major, critical]"
+        )
+    return settings
+
+
+def _dataset(mapping: dict[str, Any]) -> DatasetSettings:
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"dataset must be a mapping, got {mapping!r}")
+    mapping = dict(mapping)
+    anomalies_raw = mapping.pop("anomalies", []) or []
+    settings: DatasetSettings = _section(DatasetSettings, mapping, "dataset")
+    if settings.kind not in ("demo", "nab"):
+        raise ConfigError(f"dataset.kind {settings.kind!r} is not known; allowed: demo, nab")
+    if settings.kind == "nab" and not settings.path:
+        raise ConfigError("dataset.path must name a NAB-format folder when dataset.kind is nab")
+    if settings.skew < 1:
+        raise ConfigError(f"dataset.skew {settings.skew!r} must be >= 1")
+    _positive(settings.events_per_minute, "dataset.events_per_minute")
+    if settings.history_minutes < 0:
+        raise ConfigError(f"dataset.history_minutes {settings.history_minutes!r} must be >= 0")
+    if not isinstance(anomalies_raw, list):
+        raise ConfigError("dataset.anomalies must be a list")
+    anomalies = tuple(_injected(a, i) for i, a in enumerate(anomalies_raw))
+    return DatasetSettings(**{**settings.__dict__, "anomalies": anomalies})
+
+
+_ANOMALY_KINDS = ("spike", "drop", "level_shift", "variance")
+
+
+def _injected(raw: Any, index: int) -> InjectedAnomaly:
+    where = f"dataset.anomalies[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+    allowed = {f.name for f in fields(InjectedAnomaly)}
+    _reject_unknown(raw, allowed, where)
+    missing = sorted(allowed - set(raw))
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
+    if raw["kind"] not in _ANOMALY_KINDS:
+        raise ConfigError(
+            f"{where}.kind {raw['kind']!r} is not known; allowed: {', '.join(_ANOMALY_KINDS)}"
+        )
+    values = raw["values"]
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"{where}.values {values!r} must be a list of strings")
+    try:
+        return InjectedAnomaly(
+            customer=identifier(raw["customer"], f"{where}.customer"),
+            kind=raw["kind"],
+            metric=identifier(raw["metric"], f"{where}.metric"),
+            grouping=str(raw["grouping"]),
+            values=tuple(values),
+            offset_minutes=int(raw["offset_minutes"]),
+            duration_minutes=int(raw["duration_minutes"]),
+            magnitude=float(raw["magnitude"]),
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+_CUSTOMER_KEYS = {
+    "name", "table", "time_column", "customer_column", "dimensions", "metrics", "min_group_size",
+}  # fmt: skip
+
+
+def _customer(raw: Any, index: int) -> CustomerConfig:
+    where = f"customers[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+    _reject_unknown(raw, _CUSTOMER_KEYS, where)
+    for key in ("name", "table", "time_column", "metrics"):
+        if key not in raw:
+            raise ConfigError(f"{where}: missing key {key!r}")
+    name = identifier(raw["name"], f"{where}.name")
+    where = f"customer {name!r}"
+    table = identifier(raw["table"], f"{where} table")
+    time_column = identifier(raw["time_column"], f"{where} time_column")
+    customer_column = raw.get("customer_column")
+    if customer_column is not None:
+        customer_column = identifier(customer_column, f"{where} customer_column")
+
+    dimensions = raw.get("dimensions") or []
+    if not isinstance(dimensions, list):
+        raise ConfigError(f"{where}: dimensions must be a list, got {dimensions!r}")
+    groupings: list[tuple[str, ...]] = [()]
+    for entry in dimensions:
+        if not isinstance(entry, str):
+            raise ConfigError(f"{where}: dimension {entry!r} must be a string")
+        parts = tuple(
+            identifier(part.strip(), f"{where} dimension")
+            for part in entry.split(GROUPING_SEPARATOR)
+        )
+        if len(set(parts)) != len(parts):
+            raise ConfigError(f"{where}: dimension {entry!r} repeats a column")
+        if parts in groupings:
+            raise ConfigError(f"{where}: dimension {entry!r} is listed twice")
+        groupings.append(parts)
+
+    metrics_raw = raw["metrics"]
+    if not isinstance(metrics_raw, dict) or not metrics_raw:
+        raise ConfigError(f"{where}: metrics must be a non-empty mapping of name: aggregate")
+    metrics = {
+        identifier(metric, f"{where} metric name"): parse_aggregate(expression, metric)
+        for metric, expression in metrics_raw.items()
+    }
+
+    min_group_size = _coerce(raw.get("min_group_size", 50), 50, f"{where}.min_group_size")
+    if min_group_size < 1:
+        raise ConfigError(f"{where}: min_group_size {min_group_size!r} must be >= 1")
+    return CustomerConfig(
+        name, table, time_column, customer_column, tuple(groupings), metrics, min_group_size
+    )
+
+
+def _check_demo(dataset: DatasetSettings, customers: tuple[CustomerConfig, ...]) -> None:
+    by_name = {c.name: c for c in customers}
+    if dataset.heavy_customer is not None and dataset.heavy_customer not in by_name:
+        raise ConfigError(
+            f"dataset.heavy_customer {dataset.heavy_customer!r} is not a configured customer; "
+            f"configured: {', '.join(by_name)}"
+        )
+    for i, anomaly in enumerate(dataset.anomalies):
+        where = f"dataset.anomalies[{i}]"
+        customer = by_name.get(anomaly.customer)
+        if customer is None:
+            raise ConfigError(f"{where}.customer {anomaly.customer!r} is not configured")
+        if anomaly.metric not in customer.metrics:
+            raise ConfigError(
+                f"{where}.metric {anomaly.metric!r} is not a metric of {customer.name!r}; "
+                f"it has: {', '.join(customer.metrics)}"
+            )
+        names = {grouping_name(g): g for g in customer.groupings}
+        if anomaly.grouping not in names:
+            raise ConfigError(
+                f"{where}.grouping {anomaly.grouping!r} is not a grouping of {customer.name!r}; "
+                f"it has: {', '.join(names)}"
+            )
+        if len(anomaly.values) != len(names[anomaly.grouping]):
+            raise ConfigError(
+                f"{where}.values {list(anomaly.values)!r} must give one value per column of "
+                f"{anomaly.grouping!r}"
+            )
+
+
+def _redact(url: str) -> str:
+    """A URL with any password removed, for messages and logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
