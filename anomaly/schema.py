@@ -36,11 +36,15 @@ _TABLES = {
     ORDER BY (run_id, customer, metric, grouping, dimension_values, start_minute)""",
     # One row per customer-minute processed. Stage times are those of the whole tick that
     # covered the minute (tick_minutes minutes in one query), not divided among its minutes.
+    # persisted_at is when the minute's anomalies were written; the progress row follows, then
+    # the state checkpoint, whose duration is recorded as checkpoint_s on the next tick's rows
+    # (a row cannot time its own write). Lag = persisted_at - processable_at.
     "progress": """
         run_id String,
         engine LowCardinality(String),
         customer LowCardinality(String),
         minute DateTime('UTC'),
+        phase LowCardinality(String),
         tick_first_minute DateTime('UTC'),
         tick_minutes UInt32,
         processable_at DateTime64(6, 'UTC'),
@@ -55,6 +59,7 @@ _TABLES = {
         series_s Float64,
         detect_s Float64,
         persist_s Float64,
+        checkpoint_s Float64,
         cpu_percent Float32
     ) ENGINE = ReplacingMergeTree
     ORDER BY (run_id, customer, minute)""",

@@ -1,0 +1,171 @@
+"""A whole run, as main.py and the notebooks start it: data, engine, summary, report files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from anomaly.config import ROOT, Params, check_columns
+from anomaly.engines import EngineResult, RunPlan, make_plan
+from anomaly.errors import ConfigError
+from anomaly.sql import quote
+from anomaly.store import Store
+from anomaly.summary import customer_summary, to_markdown
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobOutcome:
+    """Everything a finished run produced; the tables also live in ClickHouse."""
+
+    params: Params
+    plan: RunPlan
+    load: Any
+    engine: EngineResult
+    summary: pd.DataFrame
+    summary_path: Path
+
+    @property
+    def table_markdown(self) -> str:
+        return to_markdown(self.summary)
+
+    @property
+    def headline(self) -> dict[str, Any]:
+        frame = self.summary
+        return {
+            "run_id": self.plan.run_id,
+            "engine": self.plan.engine,
+            "customers": len(frame),
+            "minutes": int(frame["minutes"].sum()),
+            "anomalies": int(frame["anomalies"].sum()),
+            "labels_caught": int(frame["caught"].sum()),
+            "labels_missed": int(frame["missed"].sum()),
+            "lag_p95_s_max": round(float(frame["lag_p95_s"].max()), 3),
+            "warmup_s": round(self.engine.warmup_seconds, 1),
+            "replay_s": round(self.engine.replay_seconds, 1),
+            "unfinished": self.engine.unfinished,
+        }
+
+
+def prepare_dataset(client: Any, params: Params, minutes_given: bool = True,
+                    progress: bool = True) -> tuple[Params, Any]:  # fmt: skip
+    """Load the configured dataset if it is not loaded yet; NAB brings its own customers."""
+    if params.dataset.kind == "nab":
+        from anomaly.nab import load_nab, nab_customers
+
+        path = Path(params.dataset.path or "")
+        customers = nab_customers(path)
+        load = load_nab(client, params.clickhouse.database, path, progress=progress)
+        params = dataclasses.replace(params, customers=customers)
+        if not minutes_given:
+            span = int((load.last_minute - load.first_minute).total_seconds() // 60) + 1
+            replay = span - params.dataset.history_minutes
+            if replay < 1:
+                raise ConfigError(
+                    f"dataset.history_minutes {params.dataset.history_minutes} leaves nothing "
+                    f"to replay of the {span} minutes in {path}"
+                )
+            params = dataclasses.replace(params, run=dataclasses.replace(params.run, minutes=replay))
+        return params, load
+
+    from anomaly.dataset import load_demo
+
+    return params, load_demo(client, params, params.run.minutes, progress=progress)
+
+
+def run_job(
+    params: Params,
+    engine: str = "ray",
+    *,
+    run_id: str | None = None,
+    ray_address: str | None = None,
+    spark_master: str | None = None,
+    cpus: int = 2,
+    reports: Path = ROOT / "reports",
+    progress: bool = True,
+    minutes_given: bool = True,
+) -> JobOutcome:
+    """Load the dataset, run one engine over it, summarise, and write the report files."""
+    with Store(params.clickhouse) as store:
+        client = store.client()
+        params, load = prepare_dataset(client, params, minutes_given, progress)
+        check_columns(client, params.clickhouse.database, params.customers)
+
+        plan = make_plan(
+            engine, load.first_minute, params.dataset.history_minutes, params.run.minutes,
+            params.run.speed, params.run.data_delay_seconds, run_id,
+        )  # fmt: skip
+        log.info("run %s: %d customers, %d warm-up + %d replayed minutes at %gx", plan.run_id,
+                 len(params.customers), params.dataset.history_minutes, plan.replay_minutes,
+                 plan.speed)  # fmt: skip
+
+        total = len(params.customers) * plan.replay_minutes
+        with tqdm(total=total, disable=not progress, unit="customer-minute",
+                  desc=f"{engine} replay") as bar:  # fmt: skip
+
+            def show(done: int) -> None:
+                bar.update(done - bar.n)
+
+            result = run_engine(params, store.url, plan, engine, ray_address=ray_address,
+                                spark_master=spark_master, cpus=cpus,
+                                on_progress=show,
+                                count_done=lambda: replayed_minutes(client, params, plan.run_id))
+
+        dataset = "nab" if params.dataset.kind == "nab" else "demo"
+        summary = customer_summary(
+            client, params.clickhouse.database, plan.run_id, dataset, plan.replay_first,
+            plan.replay_last, [c.name for c in params.customers],
+        )  # fmt: skip
+        client.close()
+
+    outcome = JobOutcome(params, plan, load, result, summary, Path())
+    outcome.summary_path = write_report(outcome, reports)
+    return outcome
+
+
+def run_engine(params: Params, url: str, plan: RunPlan, engine: str, **options: Any
+               ) -> EngineResult:  # fmt: skip
+    """Dispatch to the Ray or Spark engine."""
+    if engine == "ray":
+        from anomaly.engines.ray_engine import run_ray
+
+        return run_ray(params, url, plan, address=options.get("ray_address"),
+                       num_cpus=options.get("cpus", 2), on_progress=options.get("on_progress"),
+                       count_done=options.get("count_done"))  # fmt: skip
+    if engine == "spark":
+        from anomaly.engines.spark_engine import run_spark
+
+        return run_spark(params, url, plan, master=options.get("spark_master"),
+                         slots=options.get("cpus", 2), on_progress=options.get("on_progress"),
+                         count_done=options.get("count_done"))  # fmt: skip
+    raise ConfigError(f"engine {engine!r} is not known; allowed: ray, spark")
+
+
+def replayed_minutes(client: Any, params: Params, run_id: str) -> int:
+    """How many replayed customer-minutes of a run are persisted so far."""
+    return int(
+        client.command(
+            f"SELECT count() FROM {quote(params.clickhouse.database)}.`progress` FINAL "
+            "WHERE run_id = {run:String} AND phase = 'replay'",
+            parameters={"run": run_id},
+        )
+    )
+
+
+def write_report(outcome: JobOutcome, reports: Path) -> Path:
+    """Write the summary as Markdown, CSV and JSON under ``reports/runs/<run_id>/``."""
+    folder = reports / "runs" / outcome.plan.run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    outcome.summary.to_csv(folder / "summary.csv", index=False)
+    (folder / "summary.json").write_text(json.dumps(outcome.headline, indent=2, default=str))
+    text = f"# Run {outcome.plan.run_id} ({outcome.plan.engine})\n\n{outcome.table_markdown}\n"
+    (folder / "summary.md").write_text(text)
+    return folder / "summary.md"
