@@ -52,13 +52,14 @@ class CustomerWorker:
     """Holds one customer's ClickHouse client and detector, and processes minute ranges."""
 
     def __init__(self, customer: CustomerConfig, params: Params, url: str, run_id: str,
-                 engine: str):  # fmt: skip
+                 engine: str, client: Any = None):  # fmt: skip
         self.customer = customer
         self.params = params
         self.run_id = run_id
         self.engine = engine
         self.database = params.clickhouse.database
-        self.client = connect(url, max_threads=params.clickhouse.max_threads)
+        self._own_client = client is None
+        self.client = client or connect(url, max_threads=params.clickhouse.max_threads)
         self.detector = make_detector(customer.name, params.detector)
         self.last_minute: datetime | None = None
         self._last_checkpoint: datetime | None = None
@@ -133,7 +134,8 @@ class CustomerWorker:
         )
 
     def close(self) -> None:
-        self.client.close()
+        if self._own_client:
+            self.client.close()
 
     def _checkpoint(self, last: datetime) -> None:
         every = self.params.run.checkpoint_every_minutes * MINUTE

@@ -16,11 +16,16 @@ def test_a_minute_is_processable_only_after_it_ends_plus_the_delay():
     assert clock.at_wall(1000.0 + 64 / 60) < START + timedelta(seconds=65)
 
 
+class FrozenClock(SimulatedClock):
+    def now(self) -> datetime:
+        return self.sim_start
+
+
 def test_latest_processable_lags_now_by_a_minute_and_the_delay():
-    clock = SimulatedClock(START, wall_start=0.0, speed=1.0)
-    frozen = SimulatedClock(START + timedelta(minutes=10, seconds=4), 0.0, 1.0)
-    assert latest_processable(frozen, 5) == START + timedelta(minutes=8)
-    assert clock.wall_at(clock.sim_start) == 0.0
+    at = FrozenClock(START + timedelta(minutes=10, seconds=4), 0.0, 1.0)
+    assert latest_processable(at, 5) == START + timedelta(minutes=8)
+    after = FrozenClock(START + timedelta(minutes=10, seconds=5), 0.0, 1.0)
+    assert latest_processable(after, 5) == START + timedelta(minutes=9)
 
 
 def test_minute_range_is_inclusive_and_ordered():
