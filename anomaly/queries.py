@@ -88,7 +88,7 @@ FROM (
     HAVING group_size >= {{min_size:UInt64}} OR set_mask = {all_mask}
 )
 ARRAY JOIN [{metric_array}] AS point
-ORDER BY minute"""
+ORDER BY minute, series_key"""
 
 
 @dataclass(frozen=True)
