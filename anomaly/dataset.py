@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +36,7 @@ CUSTOMER_COLUMN = "customer"
 GENERATOR_VERSION = 1
 
 # The dimension vocabularies. Order matters only as the canonical category order; each
-# customer ranks the values in its own order (see _Shape).
+# customer ranks the values in its own order (see _shape).
 VOCABULARY: dict[str, tuple[str, ...]] = {
     "device": ("mobile", "desktop", "tablet"),
     "browser": ("chrome", "safari", "firefox", "edge", "samsung", "opera"),
@@ -71,12 +71,18 @@ LABEL_COLUMNS = (
 HIGH_CARDINALITY = {"country": "X", "endpoint": "/x/"}
 CARDINALITY_CAP = 10.0
 
-# Shape of the traffic. A customer's volume factor, daily peak and Zipf exponents come from its
-# name alone, so a customer keeps its character across seeds; the seed draws the noise.
-VOLUME_FACTOR = (0.6, 1.6)
+# Shape of the traffic. The volume factor runs from the first number for the first customer listed
+# down to the second for the last. A customer's daily peak, value ranks, Zipf exponents and metric
+# scales come from its name alone, so it keeps its character across seeds; the seed draws the noise.
+VOLUME_FACTOR = (1.6, 0.6)
 SEASON_AMPLITUDE = 0.3
 PEAK_HOUR = (12.0, 18.0)
-ZIPF_EXPONENT = {"low": (0.8, 1.3), "country": (1.0, 1.4), "endpoint": (0.9, 1.2), "status": (2.0, 3.0)}
+ZIPF_EXPONENT = {
+    "low": (0.7, 1.1),
+    "country": (1.0, 1.4),
+    "endpoint": (0.9, 1.2),
+    "status": (2.0, 3.0),
+}
 LATENCY_MEDIAN_MS = (60.0, 220.0)
 LATENCY_SIGMA = 0.45
 BYTES_MEDIAN = (5_000.0, 80_000.0)
@@ -92,6 +98,7 @@ AMOUNT_SIGMA = 0.6
 SLICE_SAFETY = 2.0
 MAX_SHARE = 0.9
 VARIANCE_MIN_FACTOR = 0.3
+VARIANCE_BASELINE_MINUTES = 10
 # Aggregates whose value scales with the metric column's values, so scaling the column moves them.
 SCALABLE = {"sum", "avg", "min", "max", "median", "stddevPop"}
 _PANDAS_AGGREGATE = {"sum": "sum", "avg": "mean", "min": "min", "max": "max"}
@@ -220,7 +227,7 @@ def demo_spec_hash(params: Params, minutes: int) -> str:
         ],
         "anomalies": [asdict(a) for a in settings.anomalies],
     }
-    return _hash(spec)
+    return spec_hash(spec)
 
 
 def load_demo(client: Any, params: Params, minutes: int, *, progress: bool = True) -> LoadResult:
@@ -246,19 +253,21 @@ def load_demo(client: Any, params: Params, minutes: int, *, progress: bool = Tru
     _check_minutes(minutes)
     database = identifier(params.clickhouse.database, "clickhouse.database")
     customers = _demo_customers(params)
-    spec_hash = demo_spec_hash(params, minutes)
+    wanted = demo_spec_hash(params, minutes)
     ensure_schema(client, database)
 
-    kept = find_load(client, database, DEMO_DATASET, spec_hash, EVENTS_TABLE)
+    kept = find_load(client, database, DEMO_DATASET, wanted, EVENTS_TABLE)
     if kept is not None:
         log.info("demo dataset unchanged (%d rows), kept", kept.rows)
-        return _kept(kept, time.perf_counter() - started)
+        return replace(kept, seconds=time.perf_counter() - started)
 
     log.info("demo dataset: generating %d customers x %d minutes", len(customers), minutes)
     forget_load(client, database, DEMO_DATASET)
     recreate_table(client, database, EVENTS_TABLE, _EVENTS_DDL)
     rows, labels = 0, []
-    with tqdm(total=len(customers), unit="customer", desc="demo events", disable=not progress) as bar:
+    with tqdm(
+        total=len(customers), unit="customer", desc="demo events", disable=not progress
+    ) as bar:
         for customer in customers:
             frame, customer_labels = _generate_customer(params, customer, minutes)
             insert_frame(client, database, EVENTS_TABLE, frame)
@@ -271,7 +280,7 @@ def load_demo(client: Any, params: Params, minutes: int, *, progress: bool = Tru
     first = start_minute(params.dataset)
     last = first + timedelta(minutes=params.dataset.history_minutes + minutes - 1)
     result = record_load(
-        client, database, DEMO_DATASET, spec_hash, rows, first, last, time.perf_counter() - started
+        client, database, DEMO_DATASET, wanted, rows, first, last, time.perf_counter() - started
     )
     log.info(
         "demo dataset: loaded %d rows in %.1f s (%.0f rows/s), %d labels",
@@ -284,15 +293,15 @@ def load_demo(client: Any, params: Params, minutes: int, *, progress: bool = Tru
 
 
 def find_load(
-    client: Any, database: str, dataset: str, spec_hash: str, table: str
+    client: Any, database: str, dataset: str, wanted_hash: str, table: str
 ) -> LoadResult | None:
-    """The recorded load of ``dataset`` if it has ``spec_hash`` and ``table`` still holds its rows."""
+    """The recorded load of ``dataset`` if it has ``wanted_hash`` and ``table`` holds its rows."""
     recorded = client.query(
         "SELECT spec_hash, rows, first_minute, last_minute FROM {db:Identifier}.datasets FINAL "
         "WHERE dataset = {dataset:String}",
         parameters={"db": database, "dataset": dataset},
     ).result_rows
-    if not recorded or recorded[0][0] != spec_hash:
+    if not recorded or recorded[0][0] != wanted_hash:
         return None
     _, rows, first, last = recorded[0]
 
@@ -316,6 +325,13 @@ def forget_load(client: Any, database: str, dataset: str) -> None:
         )
 
 
+def create_events_table(client: Any, database: str) -> None:
+    """Create ``<database>.events``, the demo's table, where it does not exist yet."""
+    client.command(
+        _EVENTS_DDL, parameters={"db": identifier(database, "database"), "table": EVENTS_TABLE}
+    )
+
+
 def recreate_table(client: Any, database: str, table: str, ddl: str) -> None:
     """Drop ``table`` and create it again from ``ddl`` (which binds ``db`` and ``table``)."""
     names = {"db": database, "table": identifier(table, "table")}
@@ -337,7 +353,7 @@ def record_load(
     client: Any,
     database: str,
     dataset: str,
-    spec_hash: str,
+    loaded_hash: str,
     rows: int,
     first_minute: datetime,
     last_minute: datetime,
@@ -346,7 +362,7 @@ def record_load(
     """Write the datasets row that marks a load complete, and say what was loaded."""
     client.insert(
         "datasets",
-        [[dataset, spec_hash, rows, first_minute, last_minute, datetime.now(UTC)]],
+        [[dataset, loaded_hash, rows, first_minute, last_minute, datetime.now(UTC)]],
         column_names=["dataset", "spec_hash", "rows", "first_minute", "last_minute", "loaded_at"],
         database=database,
     )
@@ -367,13 +383,8 @@ def _check_minutes(minutes: int) -> None:
         raise DatasetError(f"minutes {minutes!r} must be a whole number of at least 1")
 
 
-def _kept(kept: LoadResult, seconds: float) -> LoadResult:
-    return LoadResult(
-        kept.rows, seconds, 0.0, kept.dataset, kept.first_minute, kept.last_minute, False
-    )
-
-
-def _hash(spec: dict[str, Any]) -> str:
+def spec_hash(spec: dict[str, Any]) -> str:
+    """A stable hash of a JSON-able description of what a load would write."""
     text = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -399,12 +410,43 @@ def _demo_customers(params: Params) -> tuple[CustomerConfig, ...]:
                     f"allowed: {', '.join(DIMENSIONS)}"
                 )
         for column in customer.metric_columns:
-            if column not in METRIC_COLUMNS:
+            if column not in METRIC_COLUMNS + DIMENSIONS:
                 raise ConfigError(
                     f"{where}: metric column {column!r} is not a demo column; "
-                    f"allowed: {', '.join(METRIC_COLUMNS)}"
+                    f"allowed: {', '.join(METRIC_COLUMNS + DIMENSIONS)}"
                 )
+    for index, anomaly in enumerate(params.dataset.anomalies):
+        _check_anomaly(params, anomaly, f"dataset.anomalies[{index}]")
     return params.customers
+
+
+def _check_anomaly(params: Params, anomaly: InjectedAnomaly, where: str) -> None:
+    """Refuse what the generator cannot inject, before anything is written."""
+    aggregate = params.customer(anomaly.customer).metrics[anomaly.metric]
+    if aggregate.function != "count" and not _scalable(aggregate):
+        raise ConfigError(
+            f"{where}: metric {anomaly.metric!r} ({aggregate.to_sql()}) cannot be moved by "
+            f"the demo generator; use count, {', '.join(sorted(SCALABLE))} or a quantile"
+        )
+    if not anomaly.magnitude > 0:
+        raise ConfigError(f"{where}: magnitude {anomaly.magnitude!r} must be greater than 0")
+    if anomaly.duration_minutes < 1:
+        raise ConfigError(
+            f"{where}: duration_minutes {anomaly.duration_minutes!r} must be at least 1"
+        )
+    start = params.dataset.history_minutes + anomaly.offset_minutes
+    if anomaly.kind == "variance" and start < VARIANCE_BASELINE_MINUTES:
+        raise ConfigError(
+            f"{where}: a variance anomaly needs {VARIANCE_BASELINE_MINUTES} minutes of data "
+            f"before it to measure the normal spread; it starts at minute {start}"
+        )
+    categories = _categories(params.dataset)
+    for column, value in zip(_columns(anomaly), anomaly.values, strict=True):
+        if value not in categories[column]:
+            shown = ", ".join(categories[column][:60])
+            raise ConfigError(
+                f"{where}: {column} value {value!r} is never generated; allowed: {shown}"
+            )
 
 
 def _categories(settings: DatasetSettings) -> dict[str, tuple[str, ...]]:
@@ -445,26 +487,24 @@ def _shape(params: Params, customer: CustomerConfig, minutes: int) -> _Shape:
     named: dict[str, list[str]] = {}
     for anomaly in anomalies:
         for column, value in zip(_columns(anomaly), anomaly.values, strict=True):
-            if value not in categories[column]:
-                raise ConfigError(
-                    f"anomaly of {customer.name!r} on {anomaly.grouping!r}: {column} value "
-                    f"{value!r} is not generated; allowed: {', '.join(categories[column][:60])}"
-                )
             named.setdefault(column, [])
             if value not in named[column]:
                 named[column].append(value)
 
+    # The heavy customer's extra values rank after the vocabulary's, and the draws are the same
+    # with or without them, so skew_cardinality changes its cardinality and nothing else.
     shares = {}
     for column, values in categories.items():
-        pool = values if heavy else VOCABULARY[column]
+        base = VOCABULARY[column]
+        pool = [base[i] for i in rng.permutation(len(base))]
+        if column in CANONICAL_ORDER:
+            pool = list(base)
+        if heavy:
+            pool += values[len(base) :]
         kind = column if column in ZIPF_EXPONENT else "low"
         exponent = rng.uniform(*ZIPF_EXPONENT[kind])
         first = [v for v in named.get(column, []) if v in pool]
-        order = rng.permutation(len(pool))
-        if column in CANONICAL_ORDER:
-            order.sort()
-        rest = [pool[i] for i in order if pool[i] not in first]
-        ranked = first + rest
+        ranked = first + [v for v in pool if v not in first]
         weights = 1.0 / np.arange(1, len(ranked) + 1) ** exponent
         share = np.zeros(len(values))
         index = {v: i for i, v in enumerate(values)}
@@ -472,8 +512,9 @@ def _shape(params: Params, customer: CustomerConfig, minutes: int) -> _Shape:
             share[index[value]] = weight
         shares[column] = share
 
+    names = [c.name for c in params.customers]
     shape = _Shape(
-        factor=rng.uniform(*VOLUME_FACTOR),
+        factor=float(np.linspace(*VOLUME_FACTOR, len(names))[names.index(customer.name)]),
         peak_hour=rng.uniform(*PEAK_HOUR),
         shares=shares,
         latency_median=rng.uniform(*LATENCY_MEDIAN_MS),
@@ -589,24 +630,36 @@ def _generate_customer(
     return _events_frame(settings, customer.name, params, events, categories), labels
 
 
-def _draw_events(rng: np.random.Generator, shape: _Shape, minute: np.ndarray) -> _Events:
-    """Events at the given minute indexes: random second, dimension values and metric values."""
+def _draw_events(
+    rng: np.random.Generator,
+    shape: _Shape,
+    minute: np.ndarray,
+    codes: dict[str, np.ndarray] | None = None,
+) -> _Events:
+    """Events at the given minute indexes; dimension values drawn unless ``codes`` gives them."""
     n = len(minute)
+    if codes is not None:
+        return _Events(minute, rng.integers(0, 60, n), codes, _draw_metrics(rng, shape, n))
     codes = {}
     for column, share in shape.shares.items():
+        # Normalised by its own end, the cumulative share of the last value drawn is exactly 1,
+        # so a value with share 0 (another customer's extra value) is never drawn.
         cumulative = np.cumsum(share)
-        cumulative[-1] = 1.0
+        cumulative /= cumulative[-1]
         codes[column] = np.searchsorted(cumulative, rng.random(n), side="right").astype(np.int32)
+    return _Events(minute, rng.integers(0, 60, n), codes, _draw_metrics(rng, shape, n))
+
+
+def _draw_metrics(rng: np.random.Generator, shape: _Shape, n: int) -> dict[str, np.ndarray]:
     latency = shape.latency_median * rng.lognormal(0.0, LATENCY_SIGMA, n)
     size = shape.bytes_median * rng.lognormal(0.0, BYTES_SIGMA, n)
     bought = rng.random(n) < shape.purchase_probability
     amount = np.where(bought, shape.amount_median * rng.lognormal(0.0, AMOUNT_SIGMA, n), 0.0)
-    metrics = {
+    return {
         "latency_ms": np.round(latency, 3),
         "bytes": np.round(size),
         "amount": np.round(amount, 2),
     }
-    return _Events(minute, rng.integers(0, 60, n), codes, metrics)
 
 
 def _inject(
@@ -625,12 +678,6 @@ def _inject(
     scales sum, avg, quantiles, min, max and spread alike.
     """
     aggregate = customer.metrics[anomaly.metric]
-    if aggregate.function != "count" and not _scalable(aggregate):
-        raise ConfigError(
-            f"anomaly of {customer.name!r} on metric {anomaly.metric!r}: "
-            f"{aggregate.to_sql()} cannot be moved by the demo generator; use a metric with "
-            f"count, {', '.join(sorted(SCALABLE))} or a quantile"
-        )
     in_slice = _slice_mask(events, anomaly, categories)
     factors = _factors(rng, customer, events, anomaly, window, in_slice)
     first, last = window
@@ -646,8 +693,8 @@ def _inject(
     keep = rng.random(len(events)) < np.minimum(factor, 1.0)
     copies = rng.poisson(np.maximum(factor - 1.0, 0.0))
     source = np.repeat(np.arange(len(events)), copies)
-    extra = _draw_events(rng, shape, events.minute[source])
-    extra.codes = {k: v[source] for k, v in events.codes.items()}
+    copied = {column: codes[source] for column, codes in events.codes.items()}
+    extra = _draw_events(rng, shape, events.minute[source], copied)
     return events.take(np.flatnonzero(keep)).concat(extra)
 
 
@@ -684,10 +731,10 @@ def _factors(
 
     before = in_slice & (events.minute < window[0])
     series = _slice_series(customer.metrics[anomaly.metric], events, before)
-    if len(series) < 10 or series.mean() <= 0:
-        raise ConfigError(
-            f"variance anomaly of {customer.name!r} on {anomaly.metric!r}: needs at least 10 "
-            "minutes of a positive metric before it; move it later or raise history_minutes"
+    if len(series) < VARIANCE_BASELINE_MINUTES or series.mean() <= 0:
+        raise DatasetError(
+            f"variance anomaly of {customer.name!r} on {anomaly.metric!r}: its slice has too "
+            f"few minutes ({len(series)}) or no positive value before it to measure the spread"
         )
     spread = np.std(np.diff(series)) / np.sqrt(2) / series.mean()
     sign = rng.choice([-1.0, 1.0], length)

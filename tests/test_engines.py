@@ -1,0 +1,94 @@
+"""End to end on the tiny demo dataset: Ray and Spark over the embedded ClickHouse.
+
+One module-scoped run per engine on the same data; the tests read what each persisted.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from anomaly.config import ROOT, load_params
+from anomaly.job import run_job
+from anomaly.store import Store, read_anomalies, read_progress
+
+pytestmark = pytest.mark.engine
+
+KEY = ["customer", "metric", "grouping", "dimension_values", "start_minute"]
+
+
+@pytest.fixture(scope="module")
+def params(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engines")
+    return load_params(
+        ROOT / "params" / "tiny.yaml", {"clickhouse.url": f"chdb:{folder / 'clickhouse'}"}
+    )
+
+
+@pytest.fixture(scope="module")
+def ray_run(params, tmp_path_factory):
+    return run_job(params, "ray", reports=tmp_path_factory.mktemp("reports"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def spark_run(params, ray_run, tmp_path_factory):
+    return run_job(params, "spark", reports=tmp_path_factory.mktemp("reports"), progress=False)
+
+
+def persisted(params, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    with Store(params.clickhouse) as store:
+        client = store.client()
+        return (
+            read_anomalies(client, params.clickhouse.database, run_id),
+            read_progress(client, params.clickhouse.database, run_id),
+        )
+
+
+def test_ray_finds_the_injected_anomalies(ray_run):
+    summary = ray_run.summary.set_index("customer")
+    assert summary["labels"].sum() == 2
+    assert summary["caught"].sum() == summary["labels"].sum()
+    assert ray_run.engine.unfinished == []
+
+
+def test_ray_finds_nothing_in_a_customer_without_anomalies(ray_run):
+    assert ray_run.summary.set_index("customer").loc["quietco", "anomalies"] == 0
+
+
+def test_ray_processes_every_replayed_minute_once_in_order(params, ray_run):
+    _, progress = persisted(params, ray_run.plan.run_id)
+    replay = progress[progress["phase"] == "replay"]
+    for _, minutes in replay.groupby("customer")["minute"]:
+        expected = pd.date_range(ray_run.plan.replay_first, ray_run.plan.replay_last, freq="min")
+        assert list(minutes.sort_values()) == list(expected)
+    assert (replay["persisted_at"] >= replay["processable_at"]).all()
+
+
+def test_summary_reports_lag_and_writes_files(ray_run):
+    assert (ray_run.summary["minutes"] == ray_run.plan.replay_minutes).all()
+    assert ray_run.summary["lag_p95_s"].notna().all()
+    assert ray_run.summary_path.exists()
+    assert "lag_p95_s" in ray_run.summary_path.read_text()
+
+
+def test_spark_persists_the_same_anomalies_as_ray(params, ray_run, spark_run):
+    ray_anomalies, ray_progress = persisted(params, ray_run.plan.run_id)
+    spark_anomalies, spark_progress = persisted(params, spark_run.plan.run_id)
+
+    assert not ray_anomalies.empty
+    ray_keyed = ray_anomalies.set_index(KEY).sort_index()
+    spark_keyed = spark_anomalies.set_index(KEY).sort_index()
+    assert list(ray_keyed.index) == list(spark_keyed.index)
+    for column in ("value", "expected", "band_low", "band_high", "peak_score"):
+        pd.testing.assert_series_equal(ray_keyed[column], spark_keyed[column], rtol=1e-9)
+    for column in ("end_minute", "detected_minute", "severity"):
+        assert list(ray_keyed[column]) == list(spark_keyed[column])
+
+    minutes = ["customer", "minute", "phase"]
+    assert ray_progress[minutes].equals(spark_progress[minutes])
+    assert (spark_progress["engine"] == "spark").all()
+
+
+def test_spark_summary_matches_ray(ray_run, spark_run):
+    columns = ["customer", "minutes", "anomalies", "labels", "caught", "missed"]
+    pd.testing.assert_frame_equal(ray_run.summary[columns], spark_run.summary[columns])
