@@ -127,8 +127,8 @@ def write_anomalies(
     if not rows:
         return 0
     frame = pd.DataFrame(rows)
-    latest = frame["end_minute"].fillna(frame["detected_minute"])
-    frame["version"] = (pd.to_datetime(latest).astype("int64") // 10**9).astype("uint64")
+    latest = pd.to_datetime(frame["end_minute"]).fillna(pd.to_datetime(frame["detected_minute"]))
+    frame["version"] = (latest.astype("int64") // 10**9).astype("uint64")
     frame["run_id"] = run_id
     frame["engine"] = engine
     frame["persisted_at"] = pd.Timestamp(persisted_at, unit="s")

@@ -54,11 +54,29 @@ def match_labels(
     return labels
 
 
+def explained_by_labels(anomalies: pd.DataFrame, labels: pd.DataFrame) -> pd.Series:
+    """True for anomalies that overlap a labelled window of the same customer in any series.
+
+    An injected change in one slice also moves the coarser groupings that contain it (a spike
+    in mobile traffic raises the customer's total), so those anomalies are not false alarms.
+    """
+    explained = pd.Series(False, index=anomalies.index)
+    for label in labels.itertuples():
+        end = anomalies["end_minute"].fillna(anomalies["detected_minute"])
+        explained |= (
+            (anomalies["customer"] == label.customer)
+            & (anomalies["start_minute"] <= label.end_minute + GRACE)
+            & (end >= label.start_minute)
+        )
+    return explained
+
+
 def customer_summary(
     client: Any, database: str, run_id: str, dataset: str, first: datetime, last: datetime,
     customers: list[str],
 ) -> pd.DataFrame:  # fmt: skip
-    """One row per customer: minutes processed, anomalies, labels caught/missed, lag p50/p95."""
+    """One row per customer: minutes processed, anomalies, labels caught and missed, anomalies
+    outside every labelled window (false alarms), and lag p50/p95 in seconds."""
     progress = read_progress(client, database, run_id)
     anomalies = read_anomalies(client, database, run_id)
     labels = match_labels(anomalies, read_labels(client, database, dataset), first, last)
@@ -67,6 +85,7 @@ def customer_summary(
     in_replay = anomalies[
         (anomalies["detected_minute"] >= first) & (anomalies["detected_minute"] <= last)
     ] if not anomalies.empty else anomalies  # fmt: skip
+    explained = explained_by_labels(in_replay, labels)
     rows = []
     for name in customers:
         lag = lags.loc[lags["customer"] == name, "lag_s"]
@@ -79,6 +98,9 @@ def customer_summary(
                 "labels": int(len(mine)),
                 "caught": int(mine["caught"].sum()),
                 "missed": int((~mine["caught"]).sum()),
+                "false_alarms": int(((in_replay["customer"] == name) & ~explained).sum())
+                if len(in_replay)
+                else 0,
                 "lag_p50_s": float(lag.quantile(0.5)) if len(lag) else float("nan"),
                 "lag_p95_s": float(lag.quantile(0.95)) if len(lag) else float("nan"),
             }
