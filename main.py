@@ -1,8 +1,8 @@
 """Run the realtime anomaly detector on a replayed dataset under Ray or Spark.
 
-    python main.py --mode=ray                      # the demo dataset on the embedded ClickHouse
-    python main.py --mode=spark --minutes 30 --skew 10
-    python main.py --mode=ray --dataset nab --data-path ../shared/data/nab
+python main.py --mode=ray                      # the demo dataset on the embedded ClickHouse
+python main.py --mode=spark --minutes 30 --skew 10
+python main.py --mode=ray --dataset nab --data-path ../shared/data/nab
 """
 
 from __future__ import annotations
@@ -27,41 +27,88 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Replay a dataset through the realtime anomaly detector under Ray or Spark, "
         "then print a per-customer summary (also written under reports/).",
     )
-    parser.add_argument("--mode", choices=["ray", "spark"], default="ray",
-                        help="engine: one Ray actor per customer, or Spark ticks partitioned by "
-                        "customer (default: ray)")
-    parser.add_argument("--params", type=Path, default=None,
-                        help="params YAML (default: params/default.yaml, or params/nab.yaml "
-                        "with --dataset nab)")
-    parser.add_argument("--dataset", choices=["demo", "nab"], default=None,
-                        help="generated demo customers, or NAB-format CSVs (needs --data-path)")
-    parser.add_argument("--data-path", type=Path, default=None,
-                        help="folder of NAB-format data (data/<folder>/<file>.csv, windows.json)")
-    parser.add_argument("--minutes", type=int, default=None,
-                        help="simulated minutes to replay after warm-up (run.minutes)")
-    parser.add_argument("--speed", type=float, default=None,
-                        help="simulated seconds per wall second (run.speed; 60 = a minute a "
-                        "second)")
-    parser.add_argument("--skew", type=float, default=None,
-                        help="events-per-minute multiplier of the heavy customer (dataset.skew)")
-    parser.add_argument("--heavy-customer", default=None,
-                        help="which customer the skew applies to (dataset.heavy_customer)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the generated demo dataset (dataset.seed)")
-    parser.add_argument("--clickhouse-url", default=None,
-                        help="chdb:<dir> for the embedded ClickHouse, or http(s)://host:port for "
-                        "a server; credentials from CLICKHOUSE_USER / CLICKHOUSE_PASSWORD")
-    parser.add_argument("--ray-address", default=None,
-                        help="join this Ray cluster instead of starting one on 127.0.0.1")
-    parser.add_argument("--spark-master", default=None,
-                        help="Spark master URL (default: local[N] on 127.0.0.1)")
-    parser.add_argument("--cpus", type=int, default=2,
-                        help="parallelism given to either engine: Ray CPUs or Spark local "
-                        "slots (default: 2)")
-    parser.add_argument("--run-id", default=None,
-                        help="name of the run; reusing one resumes it from its checkpoints")
-    parser.add_argument("--reports", type=Path, default=ROOT / "reports",
-                        help="where the summary is written (default: reports/)")
+    parser.add_argument(
+        "--mode",
+        choices=["ray", "spark"],
+        default="ray",
+        help="engine: one Ray actor per customer, or Spark ticks partitioned by "
+        "customer (default: ray)",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        help="params YAML (default: params/default.yaml, or params/nab.yaml with --dataset nab)",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=["demo", "nab"],
+        default=None,
+        help="generated demo customers, or NAB-format CSVs (needs --data-path)",
+    )
+    parser.add_argument(
+        "--data-path",
+        type=Path,
+        default=None,
+        help="folder of NAB-format data (data/<folder>/<file>.csv, windows.json)",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=int,
+        default=None,
+        help="simulated minutes to replay after warm-up (run.minutes)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="simulated seconds per wall second (run.speed; 60 = a minute a second)",
+    )
+    parser.add_argument(
+        "--skew",
+        type=float,
+        default=None,
+        help="events-per-minute multiplier of the heavy customer (dataset.skew)",
+    )
+    parser.add_argument(
+        "--heavy-customer",
+        default=None,
+        help="which customer the skew applies to (dataset.heavy_customer)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the generated demo dataset (dataset.seed)"
+    )
+    parser.add_argument(
+        "--clickhouse-url",
+        default=None,
+        help="chdb:<dir> for the embedded ClickHouse, or http(s)://host:port for "
+        "a server; credentials from CLICKHOUSE_USER / CLICKHOUSE_PASSWORD",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster instead of starting one on 127.0.0.1",
+    )
+    parser.add_argument(
+        "--spark-master", default=None, help="Spark master URL (default: local[N] on 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--cpus",
+        type=int,
+        default=2,
+        help="parallelism given to either engine: Ray CPUs or Spark local slots (default: 2)",
+    )
+    parser.add_argument(
+        "--run-id",
+        default=None,
+        help="name of the run; reusing one resumes it from its checkpoints",
+    )
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        default=ROOT / "reports",
+        help="where the summary is written (default: reports/)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser.parse_args(argv)

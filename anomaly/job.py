@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 from anomaly.config import ROOT, Params, check_columns
 from anomaly.engines import EngineResult, RunPlan, make_plan
 from anomaly.errors import ConfigError
-from anomaly.sql import quote
 from anomaly.store import Store
 from anomaly.summary import customer_summary, to_markdown
 
@@ -73,7 +72,8 @@ def prepare_dataset(client: Any, params: Params, minutes_given: bool = True,
                     f"dataset.history_minutes {params.dataset.history_minutes} leaves nothing "
                     f"to replay of the {span} minutes in {path}"
                 )
-            params = dataclasses.replace(params, run=dataclasses.replace(params.run, minutes=replay))
+            run = dataclasses.replace(params.run, minutes=replay)
+            params = dataclasses.replace(params, run=run)
         return params, load
 
     from anomaly.dataset import load_demo
@@ -114,10 +114,17 @@ def run_job(
             def show(done: int) -> None:
                 bar.update(done - bar.n)
 
-            result = run_engine(params, store.url, plan, engine, ray_address=ray_address,
-                                spark_master=spark_master, cpus=cpus,
-                                on_progress=show,
-                                count_done=lambda: replayed_minutes(client, params, plan.run_id))
+            result = run_engine(
+                params,
+                store.url,
+                plan,
+                engine,
+                ray_address=ray_address,
+                spark_master=spark_master,
+                cpus=cpus,
+                on_progress=show,
+                count_done=lambda: replayed_minutes(client, params, plan.run_id),
+            )
 
         dataset = "nab" if params.dataset.kind == "nab" else "demo"
         summary = customer_summary(
@@ -153,9 +160,9 @@ def replayed_minutes(client: Any, params: Params, run_id: str) -> int:
     """How many replayed customer-minutes of a run are persisted so far."""
     return int(
         client.command(
-            f"SELECT count() FROM {quote(params.clickhouse.database)}.`progress` FINAL "
+            "SELECT count() FROM {db:Identifier}.progress FINAL "
             "WHERE run_id = {run:String} AND phase = 'replay'",
-            parameters={"run": run_id},
+            parameters={"db": params.clickhouse.database, "run": run_id},
         )
     )
 

@@ -48,7 +48,8 @@ def series_sql(customer: CustomerConfig, database: str) -> str:
         names.append(f"set_mask = {mask}, '{grouping_name(grouping)}'")
         parts = [f"toString({quote(c)})" for c in grouping]
         joined = f", '{VALUE_SEPARATOR}', ".join(parts) if parts else "''"
-        values.append(f"set_mask = {mask}, {'concat(' + joined + ')' if len(parts) > 1 else joined}")
+        value = f"concat({joined})" if len(parts) > 1 else joined
+        values.append(f"set_mask = {mask}, {value}")
 
     if dims:
         set_mask = f"grouping({', '.join(quote(d) for d in dims)})"
@@ -67,10 +68,14 @@ def series_sql(customer: CustomerConfig, database: str) -> str:
     metric_array = ", ".join(
         f"('{identifier(name, 'metric')}', {quote('m_' + name)})" for name in customer.metrics
     )
-    where = [f"{time_column} >= {{start:DateTime('UTC')}}", f"{time_column} < {{end:DateTime('UTC')}}"]
+    where = [
+        f"{time_column} >= {{start:DateTime('UTC')}}",
+        f"{time_column} < {{end:DateTime('UTC')}}",
+    ]
     if customer.customer_column:
         where.insert(0, f"{quote(customer.customer_column)} = {{customer:String}}")
 
+    # Every name below passed anomaly.sql.identifier; every value is a bound placeholder.
     return f"""
 SELECT minute, grouping, dimension_values, group_size, point.1 AS metric, point.2 AS value,
        cityHash64(metric, grouping, dimension_values) AS series_key, set_mask = {all_mask} AS is_all
@@ -78,17 +83,17 @@ FROM (
     SELECT
         toStartOfMinute({time_column}) AS minute,
         {set_mask} AS set_mask,
-        multiIf({', '.join(names)}, '?') AS grouping,
-        multiIf({', '.join(values)}, '?') AS dimension_values,
+        multiIf({", ".join(names)}, '?') AS grouping,
+        multiIf({", ".join(values)}, '?') AS dimension_values,
         count() AS group_size,
         {metric_columns}
     FROM {table}
-    WHERE {' AND '.join(where)}
+    WHERE {" AND ".join(where)}
     GROUP BY {group_by}
     HAVING group_size >= {{min_size:UInt64}} OR set_mask = {all_mask}
 )
 ARRAY JOIN [{metric_array}] AS point
-ORDER BY minute, series_key"""
+ORDER BY minute, series_key"""  # noqa: S608
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,14 @@ def save_state(
     client.insert(
         f"{quote(database)}.`detector_state`",
         [[run_id, customer, minute, kind, series_count, blob]],
-        column_names=["run_id", "customer", "checkpoint_minute", "detector", "series_count", "state"],
+        column_names=[
+            "run_id",
+            "customer",
+            "checkpoint_minute",
+            "detector",
+            "series_count",
+            "state",
+        ],  # fmt: skip
     )
 
 
@@ -158,9 +165,9 @@ def load_state(
 ) -> tuple[datetime, str, bytes] | None:
     """The newest checkpoint of a customer's detector in a run, or None."""
     result = client.query(
-        f"SELECT checkpoint_minute, detector, state FROM {quote(database)}.`detector_state` FINAL "
+        "SELECT checkpoint_minute, detector, state FROM {db:Identifier}.detector_state FINAL "
         "WHERE run_id = {run:String} AND customer = {customer:String}",
-        parameters={"run": run_id, "customer": customer},
+        parameters={"db": database, "run": run_id, "customer": customer},
         column_formats={"state": "bytes"},
     ).result_rows
     if not result:
@@ -190,9 +197,11 @@ def read_labels(client: Any, database: str, dataset: str) -> pd.DataFrame:
 def _read(
     client: Any, database: str, table: str, where: str, parameters: dict[str, Any], order: str
 ) -> pd.DataFrame:
+    # where and order are fixed text from this module's callers, never input.
+    statement = f"SELECT * FROM {{db:Identifier}}.{{table:Identifier}} FINAL WHERE {where}"  # noqa: S608
     frame = client.query_df(
-        f"SELECT * FROM {quote(database)}.{quote(table)} FINAL WHERE {where} ORDER BY {order}",
-        parameters=parameters,
+        f"{statement} ORDER BY {order}",
+        parameters={"db": database, "table": table, **parameters},
     )
     for column in frame.columns:
         if getattr(frame[column].dtype, "tz", None) is not None:

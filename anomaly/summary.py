@@ -110,6 +110,7 @@ def customer_summary(
 
 def to_markdown(frame: pd.DataFrame) -> str:
     """A plain Markdown table (no extra dependency)."""
+
     def cell(value: Any) -> str:
         return f"{value:.2f}" if isinstance(value, float) else str(value)
 

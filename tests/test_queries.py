@@ -106,8 +106,9 @@ def test_catch_up_in_one_query_equals_minute_by_minute(client):
     whole = fetch_series(client, customer, "t", START, START + timedelta(minutes=4)).points
     parts = pd.concat(
         [
-            fetch_series(client, customer, "t", START + timedelta(minutes=i),
-                         START + timedelta(minutes=i)).points  # fmt: skip
+            fetch_series(
+                client, customer, "t", START + timedelta(minutes=i), START + timedelta(minutes=i)
+            ).points  # fmt: skip
             for i in range(5)
         ]
     )
@@ -123,7 +124,12 @@ def test_series_keys_are_stable_across_queries_and_distinct_per_series(client):
     points = fetch_series(client, customer, "t", START, START + timedelta(minutes=9)).points
     per_series = points.groupby("series_key")[["metric", "grouping", "dimension_values"]].nunique()
     assert (per_series == 1).all().all()
-    assert points.groupby(["metric", "grouping", "dimension_values"])["series_key"].nunique().eq(1).all()
+    assert (
+        points.groupby(["metric", "grouping", "dimension_values"])["series_key"]
+        .nunique()
+        .eq(1)
+        .all()
+    )
 
 
 def test_a_customer_without_rows_gives_an_empty_frame(client):
