@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 
 # Longest an idle actor sleeps before looking at the clock again (wall seconds).
 MAX_IDLE_SLEEP = 0.5
-# Keeps every Ray process on 127.0.0.1 when Ray starts locally.
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 class CustomerActor:
@@ -91,10 +89,15 @@ def start_ray(address: str | None, num_cpus: int) -> bool:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
                  runtime_env={"py_modules": [_package_dir()]})  # fmt: skip
         return True
-    for key, value in LOOPBACK_ENV.items():
-        os.environ.setdefault(key, value)
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
              logging_level=logging.WARNING, log_to_driver=True)  # fmt: skip
+    address = ray.util.get_node_ip_address()
+    if address != "127.0.0.1":
+        ray.shutdown()
+        raise EngineError(
+            f"local Ray came up on {address}, not 127.0.0.1: ray was imported before the "
+            "anomaly package; set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing ray"
+        )
     return True
 
 
