@@ -8,6 +8,7 @@ to Ray actors and Spark tasks unchanged, and every process reads the same time.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -69,3 +70,31 @@ def minute_range(first: datetime, last: datetime) -> list[datetime]:
     """Every minute from ``first`` to ``last``, both included."""
     count = int((last - first) / MINUTE) + 1
     return [first + i * MINUTE for i in range(max(count, 0))]
+
+
+def follow_clock(
+    clock: Clock,
+    first: datetime,
+    last: datetime,
+    delay_seconds: float,
+    process: Callable[[datetime, datetime], object],
+    max_sleep: float = 0.5,
+) -> int:
+    """Call ``process(from, to)`` for ``first`` .. ``last`` as the minutes become processable.
+
+    Each call covers every minute processable by then (a backlog in one call), in order,
+    never skipping or repeating one. Returns the number of calls (ticks).
+    """
+    ticks = 0
+    next_minute = first
+    while next_minute <= last:
+        ready = latest_processable(clock, delay_seconds)
+        if ready < next_minute:
+            wait = processable_at(clock, next_minute, delay_seconds) - time.time()
+            time.sleep(min(max(wait, 0.001), max_sleep))
+            continue
+        upto = min(ready, last)
+        process(next_minute, upto)
+        next_minute = upto + MINUTE
+        ticks += 1
+    return ticks

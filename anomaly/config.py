@@ -64,6 +64,11 @@ class RunSettings:
     speed: float = 60.0
     data_delay_seconds: float = 5.0
     checkpoint_every_minutes: int = 1
+    # A customer whose ticks also wait this many wall seconds per minute covered, standing for
+    # work that waits (slow I/O) rather than computes: it separates synchronisation delay from
+    # CPU contention in the skew experiment.
+    wait_customer: str | None = None
+    wait_seconds_per_minute: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,9 @@ class DatasetSettings:
     heavy_customer: str | None = None
     skew: float = 1.0
     skew_cardinality: bool = False
+    # True: the heavy customer's history is normal and the skew starts with the first replayed
+    # minute (a sudden surge); False: it has the skew throughout.
+    skew_sudden: bool = False
     events_per_minute: int = 1500
     anomalies: tuple[InjectedAnomaly, ...] = ()
     path: str | None = None
@@ -198,6 +206,10 @@ def params_from_dict(
     _positive(run.checkpoint_every_minutes, "run.checkpoint_every_minutes")
     if run.data_delay_seconds < 0:
         raise ConfigError(f"run.data_delay_seconds {run.data_delay_seconds!r} must be >= 0")
+    if run.wait_seconds_per_minute < 0:
+        raise ConfigError(
+            f"run.wait_seconds_per_minute {run.wait_seconds_per_minute!r} must be >= 0"
+        )
 
     dataset = _dataset(raw.get("dataset") or {})
     customers_raw = raw.get("customers") or []
@@ -208,6 +220,11 @@ def params_from_dict(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"customers: names must be unique, repeated: {duplicates}")
+    if run.wait_customer is not None and run.wait_customer not in names:
+        raise ConfigError(
+            f"run.wait_customer {run.wait_customer!r} is not a configured customer; "
+            f"configured: {', '.join(names)}"
+        )
     if dataset.kind == "demo":
         if not customers:
             raise ConfigError("customers: the demo dataset needs at least one customer")

@@ -221,6 +221,7 @@ def demo_spec_hash(params: Params, minutes: int) -> str:
         "heavy_customer": settings.heavy_customer,
         "skew": settings.skew,
         "skew_cardinality": settings.skew_cardinality,
+        "skew_sudden": settings.skew_sudden,
         "customers": [
             [c.name, c.min_group_size, {m: a.to_sql() for m, a in c.metrics.items()}]
             for c in params.customers
@@ -596,7 +597,9 @@ def _rates(params: Params, customer: CustomerConfig, shape: _Shape, minutes: int
     start = start_minute(settings)
     hours = start.hour + start.minute / 60 + index / 60
     season = 1 + SEASON_AMPLITUDE * np.sin(2 * np.pi * (hours - shape.peak_hour + 6) / 24)
-    skew = settings.skew if customer.name == settings.heavy_customer else 1.0
+    skew = np.full(len(index), settings.skew if customer.name == settings.heavy_customer else 1.0)
+    if settings.skew_sudden:
+        skew[index < settings.history_minutes] = 1.0
     return settings.events_per_minute * shape.factor * season * skew
 
 

@@ -138,6 +138,15 @@ class MinuteEvents:
     ended_peak: np.ndarray
 
 
+def floored_std(mean: np.ndarray, var: np.ndarray, settings: DetectorSettings) -> np.ndarray:
+    """The standard deviation the band uses: floored at ``min_std_fraction * |mean|`` and at
+    :data:`STD_EPSILON`, so a constant series still has a band."""
+    sd = np.sqrt(var)
+    np.maximum(sd, np.abs(mean) * settings.min_std_fraction, out=sd)
+    np.maximum(sd, STD_EPSILON, out=sd)
+    return sd
+
+
 def update_arrays(
     state: SeriesState, values: np.ndarray, minute: int, settings: DetectorSettings
 ) -> MinuteEvents:
@@ -175,9 +184,7 @@ def update_arrays(
 
     # The band of each series from what it has learned so far; sd floored so constants work.
     ok = np.isfinite(values)
-    sd = np.sqrt(var)
-    np.maximum(sd, np.abs(mean) * settings.min_std_fraction, out=sd)
-    np.maximum(sd, STD_EPSILON, out=sd)
+    sd = floored_std(mean, var, settings)
 
     # Distance from the mean in standard deviations; only warmed-up series can be outside.
     diff = values - mean

@@ -20,6 +20,8 @@ from anomaly.summary import customer_summary, to_markdown
 
 log = logging.getLogger(__name__)
 
+ENGINES = ("ray", "spark", "spark-fair")
+
 
 @dataclass
 class JobOutcome:
@@ -147,13 +149,14 @@ def run_engine(params: Params, url: str, plan: RunPlan, engine: str, **options: 
         return run_ray(params, url, plan, address=options.get("ray_address"),
                        num_cpus=options.get("cpus", 2), on_progress=options.get("on_progress"),
                        count_done=options.get("count_done"))  # fmt: skip
-    if engine == "spark":
+    if engine in ("spark", "spark-fair"):
         from anomaly.engines.spark_engine import run_spark
 
         return run_spark(params, url, plan, master=options.get("spark_master"),
-                         slots=options.get("cpus", 2), on_progress=options.get("on_progress"),
+                         slots=options.get("cpus", 2), fair=engine == "spark-fair",
+                         on_progress=options.get("on_progress"),
                          count_done=options.get("count_done"))  # fmt: skip
-    raise ConfigError(f"engine {engine!r} is not known; allowed: ray, spark")
+    raise ConfigError(f"engine {engine!r} is not known; allowed: {', '.join(ENGINES)}")
 
 
 def replayed_minutes(client: Any, params: Params, run_id: str) -> int:

@@ -126,6 +126,25 @@ def test_skew_multiplies_the_heavy_customer_and_leaves_the_others() -> None:
     pd.testing.assert_frame_equal(others, skewed_others)
 
 
+def test_sudden_skew_leaves_the_heavy_customers_history_alone() -> None:
+    params = small(**{"dataset.anomalies": []})
+    heavy = params.dataset.heavy_customer
+    history = params.dataset.history_minutes
+    plain, _ = generate_demo(params, 30)
+    sudden, _ = generate_demo(
+        small(**{"dataset.anomalies": [], "dataset.skew": 5, "dataset.skew_sudden": True}), 30
+    )
+
+    def per_phase(events: pd.DataFrame) -> pd.Series:
+        mine = events[events["customer"] == heavy]
+        index = (mine["ts"] - mine["ts"].min()).dt.total_seconds() // 60
+        return mine.groupby(index >= history).size()
+
+    before, after = per_phase(plain), per_phase(sudden)
+    assert after[False] == pytest.approx(before[False], rel=0.03)
+    assert after[True] / before[True] == pytest.approx(5, rel=0.05)
+
+
 def test_skew_cardinality_adds_values_to_the_heavy_customer_only() -> None:
     params = small(**{"dataset.skew": 3, "dataset.skew_cardinality": True})
     events, _ = generate_demo(params, 20)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from anomaly.clock import MINUTE, Clock, latest_processable, processable_at
+from anomaly.clock import MINUTE, Clock, follow_clock
 from anomaly.config import CustomerConfig, Params
 from anomaly.engines import EngineResult, RunPlan
 from anomaly.errors import EngineError
@@ -50,20 +50,12 @@ class CustomerActor:
     def run(self, clock: Clock, first: datetime, last: datetime, delay: float) -> dict[str, Any]:
         """Process ``first`` .. ``last`` as each minute becomes processable; then return."""
         done = self.worker.last_minute
-        next_minute = first if done is None or done < first else done + MINUTE
-        ticks = 0
+        start = first if done is None or done < first else done + MINUTE
 
-        while next_minute <= last:
-            ready = latest_processable(clock, delay)
-            if ready < next_minute:
-                wait = processable_at(clock, next_minute, delay) - time.time()
-                time.sleep(min(max(wait, 0.001), MAX_IDLE_SLEEP))
-                continue
-            upto = min(ready, last)
-            self.worker.process(next_minute, upto, phase="replay", clock=clock)
-            next_minute = upto + MINUTE
-            ticks += 1
+        def tick(since: datetime, upto: datetime) -> None:
+            self.worker.process(since, upto, phase="replay", clock=clock)
 
+        ticks = follow_clock(clock, start, last, delay, tick, max_sleep=MAX_IDLE_SLEEP)
         return {"customer": self.worker.customer.name, "ticks": ticks, "pid": os.getpid()}
 
     def pid(self) -> int:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
-from anomaly.clock import MINUTE, Clock, latest_processable, processable_at
+from anomaly.clock import MINUTE, Clock, follow_clock
 from anomaly.config import Params
 from anomaly.engines import EngineResult, RunPlan
 from anomaly.errors import EngineError
@@ -30,8 +31,12 @@ log = logging.getLogger(__name__)
 TASK_ATTEMPTS = 4
 
 
-def spark_session(master: str | None, slots: int) -> Any:
-    """A SparkSession on 127.0.0.1 (local[slots]) or on ``master``, UI off."""
+def spark_session(master: str | None, slots: int, fair: bool = False) -> Any:
+    """A SparkSession on 127.0.0.1 (local[slots]) or on ``master``, UI off.
+
+    ``fair`` turns on the FAIR scheduler, so jobs submitted from several driver threads into
+    different pools share the slots instead of queueing behind each other.
+    """
     from anomaly.java import ensure_java
 
     ensure_java()
@@ -47,6 +52,7 @@ def spark_session(master: str | None, slots: int) -> Any:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.python.worker.reuse", "true")
         .config("spark.task.maxFailures", str(TASK_ATTEMPTS))
+        .config("spark.scheduler.mode", "FAIR" if fair else "FIFO")
     )
     if master is None:
         builder = builder.config("spark.driver.host", "127.0.0.1").config(
@@ -64,7 +70,7 @@ _CLIENTS: dict[tuple[str, int], Any] = {}
 
 def _customer_tick(
     index: int, params: Params, url: str, run_id: str, first: datetime, last: datetime,
-    phase: str, clock: Clock | None,
+    phase: str, clock: Clock | None, engine: str,
 ) -> dict[str, Any] | None:  # fmt: skip
     """Run in a Spark task: restore the customer's detector, process the minutes, persist."""
     from anomaly.pipeline import CustomerWorker
@@ -76,7 +82,7 @@ def _customer_tick(
         _CLIENTS[key] = connect(url, max_threads=params.clickhouse.max_threads)
 
     started = time.time()
-    worker = CustomerWorker(customer, params, url, run_id, engine="spark", client=_CLIENTS[key])
+    worker = CustomerWorker(customer, params, url, run_id, engine=engine, client=_CLIENTS[key])
     done = worker.restore()
     restore_s = time.time() - started
     if done is not None and done >= last:
@@ -86,16 +92,19 @@ def _customer_tick(
 
 
 def _tick(sc: Any, params: Params, url: str, run_id: str, first: datetime, last: datetime,
-          phase: str, clock: Clock | None) -> list[dict[str, Any]]:  # fmt: skip
-    """One synchronised tick: a job with one partition per customer."""
+          phase: str, clock: Clock | None, engine: str = "spark",
+          only: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """One synchronised tick: a job with one partition per customer (or just ``only``)."""
     count = len(params.customers)
 
     def task(rows: Iterator[tuple[int, None]]) -> Iterator[dict[str, Any]]:
         for index, _ in rows:
-            report = _customer_tick(index, params, url, run_id, first, last, phase, clock)
+            report = _customer_tick(index, params, url, run_id, first, last, phase, clock, engine)
             if report is not None:
                 yield report
 
+    if only is not None:
+        return sc.parallelize([(only, None)], 1).mapPartitions(task).collect()
     customers = sc.parallelize([(i, None) for i in range(count)], count)
     return customers.partitionBy(count, lambda i: i).mapPartitions(task).collect()
 
@@ -107,39 +116,44 @@ def run_spark(
     *,
     master: str | None = None,
     slots: int = 2,
+    fair: bool = False,
     on_progress: Callable[[int], None] | None = None,
     count_done: Callable[[], int] | None = None,
 ) -> EngineResult:
-    """Run ``plan`` as a loop of Spark jobs, one tick after another, until the last minute."""
-    session = spark_session(master, slots)
+    """Run ``plan`` as a loop of Spark jobs, one tick after another, until the last minute.
+
+    With ``fair`` (the ``spark-fair`` engine) each customer gets its own driver thread, its
+    own clock loop and its own FAIR scheduler pool, and submits a one-partition job per
+    tick: Spark's closest match to one independent worker per customer.
+    """
+    session = spark_session(master, slots, fair=fair)
     sc = session.sparkContext
     ticks: list[dict[str, Any]] = []
+    engine = "spark-fair" if fair else "spark"
     try:
         warm_started = time.time()
         if plan.warmup_first is not None and plan.warmup_last is not None:
             log.info("warming up %d customers on %s .. %s", len(params.customers),
                      plan.warmup_first, plan.warmup_last)  # fmt: skip
             _tick(sc, params, url, plan.run_id, plan.warmup_first, plan.warmup_last, "warmup",
-                  None)  # fmt: skip
+                  None, engine)  # fmt: skip
         warmup_seconds = time.time() - warm_started
 
         clock = plan.clock()
         replay_started = time.time()
-        next_minute = plan.replay_first
-        while next_minute <= plan.replay_last:
-            ready = latest_processable(clock, plan.delay_seconds)
-            if ready < next_minute:
-                wait = processable_at(clock, next_minute, plan.delay_seconds) - time.time()
-                time.sleep(min(max(wait, 0.001), 0.5))
-                continue
-            upto = min(ready, plan.replay_last)
-            tick_started = time.time()
-            reports = _tick(sc, params, url, plan.run_id, next_minute, upto, "replay", clock)
-            ticks.append({"first": next_minute, "last": upto, "seconds": time.time() - tick_started,
-                          "customers": len(reports)})  # fmt: skip
-            next_minute = upto + MINUTE
-            if on_progress and count_done:
-                on_progress(count_done())
+        if fair:
+            ticks = _run_fair(sc, params, url, plan, clock, on_progress, count_done)
+        else:
+
+            def tick(first: datetime, last: datetime) -> None:
+                started = time.time()
+                reports = _tick(sc, params, url, plan.run_id, first, last, "replay", clock, engine)
+                ticks.append({"first": first, "last": last, "seconds": time.time() - started,
+                              "customers": len(reports)})  # fmt: skip
+                if on_progress and count_done:
+                    on_progress(count_done())
+
+            follow_clock(clock, plan.replay_first, plan.replay_last, plan.delay_seconds, tick)
         replay_seconds = time.time() - replay_started
     except Exception as err:
         if type(err).__module__.startswith(("py4j", "pyspark")):
@@ -148,8 +162,49 @@ def run_spark(
     finally:
         session.stop()
 
-    return EngineResult(plan.run_id, "spark", warmup_seconds, replay_seconds, [],
+    return EngineResult(plan.run_id, engine, warmup_seconds, replay_seconds, [],
                         {"ticks": ticks})  # fmt: skip
+
+
+def _run_fair(
+    sc: Any, params: Params, url: str, plan: RunPlan, clock: Clock,
+    on_progress: Callable[[int], None] | None, count_done: Callable[[], int] | None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One driver thread per customer, each with its own pool and clock loop."""
+    ticks: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def customer_loop(index: int) -> None:
+        sc.setLocalProperty("spark.scheduler.pool", f"customer{index}")
+
+        def tick(first: datetime, last: datetime) -> None:
+            if errors:
+                raise RuntimeError("another customer's loop failed")
+            started = time.time()
+            _tick(sc, params, url, plan.run_id, first, last, "replay", clock, "spark-fair",
+                  only=index)  # fmt: skip
+            ticks.append({"customer": params.customers[index].name, "first": first,
+                          "last": last, "seconds": time.time() - started})  # fmt: skip
+
+        try:
+            follow_clock(clock, plan.replay_first, plan.replay_last, plan.delay_seconds, tick)
+        except BaseException as err:  # noqa: BLE001 - re-raised by the driver below
+            errors.append(err)
+
+    threads = [
+        threading.Thread(target=customer_loop, args=(i,), name=f"customer{i}", daemon=True)
+        for i in range(len(params.customers))
+    ]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        for thread in threads:
+            thread.join(timeout=1.0)
+        if on_progress and count_done:
+            on_progress(count_done())
+    if errors:
+        raise errors[0]
+    return ticks
 
 
 def _first_line(err: Exception) -> str:

@@ -1,0 +1,186 @@
+"""The skewed-customer experiment: the same replay per engine and skew factor, lag compared.
+
+For each skew factor the demo dataset is reloaded with the heavy customer's events per minute
+multiplied by it (the other customers' rows do not change), and each engine replays it. In
+``wait`` mode the data stays unskewed and the heavy customer's ticks instead wait, per minute,
+(skew - 1) times its own measured per-minute cost at skew 1: the same extra time, spent
+waiting instead of computing, so any spread to other customers is synchronisation, not CPU
+contention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import psutil
+
+from anomaly.config import ROOT, Params
+from anomaly.job import JobOutcome, run_job
+from anomaly.store import Store, read_progress
+from anomaly.summary import lag_frame
+
+log = logging.getLogger(__name__)
+
+STAGES = ["restore_s", "query_s", "series_s", "detect_s", "persist_s", "checkpoint_s"]
+
+
+@dataclass
+class Sweep:
+    """Every run of a sweep: per customer-minute lag and stage times, and per-run figures."""
+
+    heavy: str
+    mode: str
+    lags: pd.DataFrame
+    runs: pd.DataFrame
+    outcomes: list[JobOutcome] = field(default_factory=list, repr=False)
+
+    def isolation(self) -> pd.DataFrame:
+        """p95 lag of the other customers at each skew, and the isolation factor per engine."""
+        return isolation_table(self.lags, self.heavy)
+
+
+def run_sweep(
+    params: Params,
+    engines: Iterable[str] = ("ray", "spark"),
+    skews: Iterable[float] = (1, 10, 50),
+    *,
+    heavy: str | None = None,
+    mode: str = "compute",
+    cpus: int = 2,
+    reports: Path = ROOT / "reports",
+    progress: bool = True,
+) -> Sweep:
+    """Run every engine at every skew factor on the same dataset; collect lags and stages.
+
+    Parameters
+    ----------
+    mode:
+        ``compute``: the heavy customer has skew x the events. ``wait``: it has the same
+        events but waits (skew - 1) x its skew-1 per-minute cost in every tick.
+    """
+    if mode not in ("compute", "wait"):
+        raise ValueError(f"mode {mode!r} is not known; allowed: compute, wait")
+    heavy = heavy or params.dataset.heavy_customer or params.customers[0].name
+    params.customer(heavy)  # a clear error for an unknown name
+    skews = sorted(set(float(s) for s in skews) | {1.0})
+
+    lags, runs, outcomes = [], [], []
+    unit_cost: dict[str, float] = {}
+    for skew in skews:
+        for engine in engines:
+            run_params = _variant(params, heavy, skew, mode, unit_cost.get(engine, 0.0))
+            log.info("sweep: %s at skew %g (%s)", engine, skew, mode)
+            with CpuSampler() as cpu:
+                outcome = run_job(run_params, engine, cpus=cpus, reports=reports,
+                                  progress=progress)  # fmt: skip
+            frame = _lags(outcome)
+            frame["engine"], frame["skew"], frame["mode"] = engine, skew, mode
+            frame["heavy"] = frame["customer"] == heavy
+            if skew == 1.0:
+                unit_cost[engine] = _per_minute_cost(frame[frame["heavy"]])
+            lags.append(frame)
+            runs.append(_run_row(outcome, engine, skew, mode, heavy, frame, cpu.mean))
+            outcomes.append(outcome)
+
+    return Sweep(heavy, mode, pd.concat(lags, ignore_index=True), pd.DataFrame(runs), outcomes)
+
+
+def isolation_table(lags: pd.DataFrame, heavy: str) -> pd.DataFrame:
+    """Per engine and skew: p95 lag of the heavy and of the other customers, and the isolation
+    factor (the others' p95 lag divided by their p95 lag at skew 1, same engine)."""
+    rows = []
+    for (engine, skew), group in lags.groupby(["engine", "skew"]):
+        others = group.loc[group["customer"] != heavy, "lag_s"]
+        mine = group.loc[group["customer"] == heavy, "lag_s"]
+        rows.append({"engine": engine, "skew": skew, "heavy_p95_s": mine.quantile(0.95),
+                     "others_p95_s": others.quantile(0.95),
+                     "others_p50_s": others.quantile(0.5)})  # fmt: skip
+    table = pd.DataFrame(rows)
+    base = table[table["skew"] == 1.0].set_index("engine")["others_p95_s"]
+    table["isolation_factor"] = table["others_p95_s"] / table["engine"].map(base)
+    return table
+
+
+class CpuSampler:
+    """Samples the machine's CPU use once a second while a run goes on (percent of all cores)."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        psutil.cpu_percent()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean(self) -> float:
+        return sum(self.samples) / len(self.samples) if self.samples else float("nan")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append(psutil.cpu_percent())
+
+
+def _variant(params: Params, heavy: str, skew: float, mode: str, unit_cost: float) -> Params:
+    dataset = dataclasses.replace(params.dataset, heavy_customer=heavy)
+    run = params.run
+    if mode == "compute":
+        dataset = dataclasses.replace(dataset, skew=skew)
+    else:
+        run = dataclasses.replace(run, wait_customer=heavy,
+                                  wait_seconds_per_minute=(skew - 1.0) * unit_cost)  # fmt: skip
+    return dataclasses.replace(params, dataset=dataset, run=run)
+
+
+def _lags(outcome: JobOutcome) -> pd.DataFrame:
+    with Store(outcome.params.clickhouse) as store:
+        client = store.client()
+        progress = read_progress(client, outcome.params.clickhouse.database, outcome.plan.run_id)
+        client.close()
+    return lag_frame(progress)
+
+
+def _per_minute_cost(heavy: pd.DataFrame) -> float:
+    """Median seconds of work per minute of the heavy customer (its ticks' stages / minutes)."""
+    ticks = heavy.drop_duplicates("tick_first_minute")
+    if ticks.empty:
+        return 0.0
+    work = ticks[["query_s", "series_s", "detect_s", "persist_s"]].sum(axis=1)
+    return float((work / ticks["tick_minutes"]).median())
+
+
+def _run_row(outcome: JobOutcome, engine: str, skew: float, mode: str, heavy: str,
+             frame: pd.DataFrame, cpu_mean: float) -> dict[str, object]:  # fmt: skip
+    others = frame[~frame["heavy"]]
+    heavy_minutes = frame[frame["heavy"]]
+    heavy_ticks = heavy_minutes.drop_duplicates("tick_first_minute")
+    return {
+        "engine": engine,
+        "skew": skew,
+        "mode": mode,
+        "run_id": outcome.plan.run_id,
+        "wait_s_per_minute": outcome.params.run.wait_seconds_per_minute,
+        "heavy_rows_per_minute": float(heavy_ticks["rows_scanned"].sum() / len(heavy_minutes)),
+        "heavy_p95_s": float(frame.loc[frame["heavy"], "lag_s"].quantile(0.95)),
+        "others_p95_s": float(others["lag_s"].quantile(0.95)),
+        "anomalies": int(outcome.summary["anomalies"].sum()),
+        "labels_caught": int(outcome.summary["caught"].sum()),
+        "labels": int(outcome.summary["labels"].sum()),
+        "machine_cpu_percent": round(cpu_mean, 1),
+        "replay_s": round(outcome.engine.replay_seconds, 2),
+        "finished_at": time.time(),
+    }
