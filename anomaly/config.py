@@ -8,6 +8,7 @@ table) are in :func:`check_columns`.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,9 @@ from anomaly.sql import Aggregate, identifier, parse_aggregate
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
+# An environment variable that, when set, replaces clickhouse.url of every params file (an
+# explicit override still wins): points notebooks and tests at another ClickHouse.
+URL_ENV = "ANOMALY_CLICKHOUSE_URL"
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,10 @@ def params_from_dict(
 ) -> Params:
     """Validate an already-parsed params mapping (see :func:`load_params`)."""
     raw = copy.deepcopy(raw)
-    for dotted, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    if os.environ.get(URL_ENV):
+        overrides.setdefault("clickhouse.url", os.environ[URL_ENV])
+    for dotted, value in overrides.items():
         _apply_override(raw, dotted, value)
     _reject_unknown(raw, {"clickhouse", "detector", "run", "dataset", "customers"}, "top level")
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import psutil
@@ -24,7 +25,7 @@ import psutil
 from anomaly.config import ROOT, Params
 from anomaly.job import JobOutcome, run_job
 from anomaly.store import Store, read_progress
-from anomaly.summary import lag_frame
+from anomaly.summary import lag_frame, to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +185,48 @@ def _run_row(outcome: JobOutcome, engine: str, skew: float, mode: str, heavy: st
         "replay_s": round(outcome.engine.replay_seconds, 2),
         "finished_at": time.time(),
     }
+
+
+def summarise(sweep: Sweep, waits: Sweep | None = None) -> dict[str, Any]:
+    """The sweep's figures, a Markdown report and a conclusion written from the numbers."""
+    table = sweep.isolation()
+    top = table["skew"].max()
+    at_top = table[table["skew"] == top].set_index("engine")
+    base = table[table["skew"] == 1.0].set_index("engine")
+
+    lines = [f"Heavy customer: {sweep.heavy}; highest skew: {top:g}."]
+    for engine, row in at_top.iterrows():
+        lines.append(
+            f"- {engine}: the other customers' p95 lag went from "
+            f"{base.loc[engine, 'others_p95_s']:.2f} s at skew 1 to {row['others_p95_s']:.2f} s "
+            f"(isolation factor {row['isolation_factor']:.2f}); the heavy customer's p95 lag "
+            f"was {row['heavy_p95_s']:.2f} s."
+        )
+    ranked = at_top["isolation_factor"].sort_values()
+    lines.append(
+        f"Best isolated at skew {top:g}: {ranked.index[0]} ({ranked.iloc[0]:.2f}); "
+        f"least: {ranked.index[-1]} ({ranked.iloc[-1]:.2f})."
+    )
+
+    figures: dict[str, Any] = {
+        "heavy": sweep.heavy,
+        "compute": table.to_dict(orient="records"),
+        "runs": sweep.runs.to_dict(orient="records"),
+    }
+    markdown = ["# Skew experiment", "", to_markdown(table.round(3)), ""]
+    if waits is not None:
+        wait_table = waits.isolation()
+        wait_top = wait_table[wait_table["skew"] == top].set_index("engine")
+        for engine, row in wait_top.iterrows():
+            compute_factor = at_top.loc[engine, "isolation_factor"]
+            lines.append(
+                f"- {engine}, heavy customer waiting instead of computing: isolation factor "
+                f"{row['isolation_factor']:.2f} (computing: {compute_factor:.2f}); the part "
+                f"that remains when waiting is synchronisation, the difference is contention."
+            )
+        figures["wait"] = wait_table.to_dict(orient="records")
+        markdown += ["## Waiting instead of computing", "", to_markdown(wait_table.round(3)), ""]
+
+    conclusion = "\n".join(lines)
+    markdown += ["## Conclusion", "", conclusion, ""]
+    return {"figures": figures, "markdown": "\n".join(markdown), "conclusion": conclusion}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ import pandas as pd
 
 from anomaly.config import Params
 from anomaly.detector import SeedDetector, floored_std
+from anomaly.errors import DatasetError
 from anomaly.queries import fetch_series
 from anomaly.store import read_anomalies
 
@@ -67,3 +69,59 @@ def series_anomalies(
         & (frame["grouping"] == grouping)
         & (frame["dimension_values"] == dimension_values)
     ]
+
+
+@dataclass(frozen=True)
+class RunSpan:
+    """The minutes a persisted run covered, read back from its progress rows."""
+
+    run_id: str
+    engine: str
+    warmup_first: datetime | None
+    replay_first: datetime
+    replay_last: datetime
+
+
+def latest_run(client: Any, params: Params, run_id: str | None = None) -> RunSpan | None:
+    """The span of ``run_id``, or of the newest run in the progress table; None if none."""
+    frame = client.query_df(
+        "SELECT run_id, any(engine) AS engine, "
+        "minIf(minute, phase = 'warmup') AS warmup_first, "
+        "countIf(phase = 'warmup') AS warmup_minutes, "
+        "minIf(minute, phase = 'replay') AS replay_first, "
+        "maxIf(minute, phase = 'replay') AS replay_last, max(persisted_at) AS newest "
+        "FROM {db:Identifier}.progress FINAL "
+        "WHERE {run:String} = '' OR run_id = {run:String} "
+        "GROUP BY run_id HAVING countIf(phase = 'replay') > 0 ORDER BY newest DESC LIMIT 1",
+        parameters={"db": params.clickhouse.database, "run": run_id or ""},
+    )
+    if frame.empty:
+        if run_id:
+            raise DatasetError(f"run {run_id!r} has no replayed minutes in ClickHouse")
+        return None
+    row = frame.iloc[0]
+
+    def naive(value: Any) -> datetime:
+        stamp = pd.Timestamp(value)
+        return (stamp.tz_convert("UTC").tz_localize(None) if stamp.tz else stamp).to_pydatetime()
+
+    return RunSpan(
+        run_id=str(row["run_id"]),
+        engine=str(row["engine"]),
+        warmup_first=naive(row["warmup_first"]) if row["warmup_minutes"] else None,
+        replay_first=naive(row["replay_first"]),
+        replay_last=naive(row["replay_last"]),
+    )
+
+
+def series_catalogue(
+    client: Any, params: Params, customer: str, first: datetime, last: datetime
+) -> pd.DataFrame:
+    """Per grouping and metric: how many series (dimension values) a customer has."""
+    config = params.customer(customer)
+    points = fetch_series(client, config, params.clickhouse.database, first, last).points
+    return (
+        points.groupby(["grouping", "metric"])
+        .agg(series=("dimension_values", "nunique"), example=("dimension_values", "first"))
+        .reset_index()
+    )
