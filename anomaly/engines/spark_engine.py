@@ -40,6 +40,8 @@ def spark_session(master: str | None, slots: int, fair: bool = False) -> Any:
     from anomaly.java import ensure_java
 
     ensure_java()
+    # py4j logs every reconnect of its gateway socket at INFO; only problems matter here.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
