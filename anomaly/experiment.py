@@ -187,6 +187,18 @@ def _run_row(outcome: JobOutcome, engine: str, skew: float, mode: str, heavy: st
     }
 
 
+def repeatability(first: pd.DataFrame, second: pd.DataFrame) -> dict[str, float]:
+    """Relative difference of the others' p95 lag between two unskewed runs, per engine.
+
+    Both sweeps start with a run at skew 1 on the same data, so their difference is the
+    run-to-run noise of the machine: the scale against which an isolation factor is read.
+    """
+    a = first[first["skew"] == 1.0].set_index("engine")["others_p95_s"]
+    b = second[second["skew"] == 1.0].set_index("engine")["others_p95_s"]
+    both = a.index.intersection(b.index)
+    return {str(e): float(abs(a[e] - b[e]) / min(a[e], b[e])) for e in both}
+
+
 def summarise(sweep: Sweep, waits: Sweep | None = None) -> dict[str, Any]:
     """The sweep's figures, a Markdown report and a conclusion written from the numbers."""
     table = sweep.isolation()
@@ -204,8 +216,8 @@ def summarise(sweep: Sweep, waits: Sweep | None = None) -> dict[str, Any]:
         )
     ranked = at_top["isolation_factor"].sort_values()
     lines.append(
-        f"Best isolated at skew {top:g}: {ranked.index[0]} ({ranked.iloc[0]:.2f}); "
-        f"least: {ranked.index[-1]} ({ranked.iloc[-1]:.2f})."
+        f"Lowest isolation factor at skew {top:g}: {ranked.index[0]} ({ranked.iloc[0]:.2f}); "
+        f"highest: {ranked.index[-1]} ({ranked.iloc[-1]:.2f})."
     )
 
     figures: dict[str, Any] = {
@@ -225,6 +237,14 @@ def summarise(sweep: Sweep, waits: Sweep | None = None) -> dict[str, Any]:
                 f"that remains when waiting is synchronisation, the difference is contention."
             )
         figures["wait"] = wait_table.to_dict(orient="records")
+        noise = repeatability(table, wait_table)
+        figures["repeatability"] = noise
+        worst = max(noise.values())
+        lines.append(
+            f"Repeatability: the two unskewed runs of each engine (one per sweep) differ in the "
+            f"others' p95 lag by up to {worst:.0%} ({', '.join(f'{e} {v:.0%}' for e, v in noise.items())}); "
+            f"isolation factors closer to 1 than that are not distinguishable from no effect."
+        )
         markdown += ["## Waiting instead of computing", "", to_markdown(wait_table.round(3)), ""]
 
     conclusion = "\n".join(lines)
