@@ -240,10 +240,11 @@ def summarise(sweep: Sweep, waits: Sweep | None = None) -> dict[str, Any]:
         noise = repeatability(table, wait_table)
         figures["repeatability"] = noise
         worst = max(noise.values())
+        each = ", ".join(f"{engine} {value:.0%}" for engine, value in noise.items())
         lines.append(
             f"Repeatability: the two unskewed runs of each engine (one per sweep) differ in the "
-            f"others' p95 lag by up to {worst:.0%} ({', '.join(f'{e} {v:.0%}' for e, v in noise.items())}); "
-            f"isolation factors closer to 1 than that are not distinguishable from no effect."
+            f"others' p95 lag by up to {worst:.0%} ({each}); isolation factors closer to 1 "
+            "than that are not distinguishable from no effect."
         )
         markdown += ["## Waiting instead of computing", "", to_markdown(wait_table.round(3)), ""]
 
