@@ -81,12 +81,13 @@ def idle_params(count: int, url: str, minutes: int, speed: float, delay: float) 
         for index in range(count)
     ]
     raw = {
-        "clickhouse": {"url": url, "database": DATABASE, "max_threads": 1},
+        "clickhouse": {"database": DATABASE, "max_threads": 1},
         "run": {"minutes": minutes, "speed": speed, "data_delay_seconds": delay},
         "dataset": {"kind": "demo", "start": FIRST_MINUTE.isoformat(), "history_minutes": 0},
         "customers": customers,
     }
-    return params_from_dict(raw, source="benchmarks.bench_engines")
+    # As an override, so that it wins over ANOMALY_CLICKHOUSE_URL: the benchmark's own folder.
+    return params_from_dict(raw, {"clickhouse.url": url}, source="benchmarks.bench_engines")
 
 
 def median_seconds(action: Callable[[], object], rounds: int) -> float:
@@ -128,12 +129,17 @@ def lag_figures(progress: pd.DataFrame, prefix: str) -> dict[str, float]:
     """Lag p50/p95 over every replayed customer-minute, and how many minutes were persisted."""
     lags = lag_frame(progress)
     p50, p95 = quantiles(lags["lag_s"])
-    backlog = int((lags["tick_minutes"] > 1).sum())
+    first_ticks = lags[lags["tick_first_minute"] == lags["tick_first_minute"].min()]
     return {
         f"{prefix}_lag_p50_s": p50,
         f"{prefix}_lag_p95_s": p95,
         f"{prefix}_minutes": int(len(lags)),
-        f"{prefix}_backlog_minutes": backlog,
+        # Minutes taken in a tick of several: the engine was behind the clock.
+        f"{prefix}_backlog_minutes": int((lags["tick_minutes"] > 1).sum()),
+        # Customers whose first tick was such a backlog: their workers started late.
+        f"{prefix}_late_first_ticks": int(
+            first_ticks.loc[first_ticks["tick_minutes"] > 1, "customer"].nunique()
+        ),
     }
 
 
@@ -162,7 +168,7 @@ def measure_ray(bench: Bench, count: int) -> dict[str, float]:
         pids = ray.get([a.pid.remote() for a in actors])
         actors_s = time.perf_counter() - started - init_s
         processes = [psutil.Process(pid) for pid in pids]
-        rss = [p.memory_info().rss / MIB for p in processes]
+        memory = [p.memory_full_info() for p in processes]
 
         round_trip_s = median_seconds(
             lambda: ray.get([a.pid.remote() for a in actors]), bench.rounds
@@ -185,7 +191,8 @@ def measure_ray(bench: Bench, count: int) -> dict[str, float]:
         "ray_start_s": init_s + actors_s,
         "ray_init_s": init_s,
         "ray_actors_ready_s": actors_s,
-        "ray_actor_rss_mib": statistics.fmean(rss),
+        "ray_actor_rss_mib": statistics.fmean(m.rss / MIB for m in memory),
+        "ray_actor_uss_mib": statistics.fmean(m.uss / MIB for m in memory),
         "ray_lead_s": lead,
         "ray_unfinished": len(result.unfinished),
     }
@@ -194,26 +201,33 @@ def measure_ray(bench: Bench, count: int) -> dict[str, float]:
 # --- Spark -----------------------------------------------------------------------------------
 
 
-def bare_job(sc: Any, count: int) -> None:
+def no_op_task(load_pipeline: bool = False) -> Callable[[Any], Any]:
+    """A task that reads its partition to the end and yields nothing.
+
+    Reading to the end matters, as the engine's tasks do: a Python worker that leaves input
+    unread is not reused, and every task would then pay for a new worker. Made in a function
+    so that Spark ships the code itself, not a reference to this module.
+    """
+
+    def task(rows: Any) -> Any:
+        if load_pipeline:
+            import anomaly.pipeline  # noqa: F401
+        for _ in rows:
+            pass
+        return iter(())
+
+    return task
+
+
+def bare_job(sc: Any, count: int, task: Callable[[Any], Any] | None = None) -> None:
     """A job shaped as the engine's tick (one partition per customer) whose tasks do nothing."""
-
-    def nothing(rows: Any) -> Any:
-        return iter(())
-
     customers = sc.parallelize([(i, None) for i in range(count)], count)
-    customers.partitionBy(count, lambda i: i).mapPartitions(nothing).collect()
+    customers.partitionBy(count, lambda i: i).mapPartitions(task or no_op_task()).collect()
 
 
-def import_pipeline(sc: Any, count: int) -> None:
-    """The first job: also loads the pipeline into each Python worker, as a Ray actor does."""
-
-    def load(rows: Any) -> Any:
-        import anomaly.pipeline  # noqa: F401
-
-        return iter(())
-
-    customers = sc.parallelize([(i, None) for i in range(count)], count)
-    customers.partitionBy(count, lambda i: i).mapPartitions(load).collect()
+def one_stage_job(sc: Any, count: int) -> None:
+    """The bare job without ``partitionBy``: one stage, not two, so the shuffle's share shows."""
+    sc.parallelize([(i, None) for i in range(count)], count).mapPartitions(no_op_task()).collect()
 
 
 def measure_spark(bench: Bench, count: int) -> dict[str, float]:
@@ -229,10 +243,12 @@ def measure_spark(bench: Bench, count: int) -> dict[str, float]:
     try:
         session_s = time.perf_counter() - started
         sc = session.sparkContext
-        import_pipeline(sc, count)
+        # The first job also loads the pipeline into each Python worker, as an actor does.
+        bare_job(sc, count, no_op_task(load_pipeline=True))
         first_job_s = time.perf_counter() - started - session_s
 
         bare_s = median_seconds(lambda: bare_job(sc, count), bench.rounds)
+        one_stage_s = median_seconds(lambda: one_stage_job(sc, count), bench.rounds)
 
         result, progress = idle_replay(bench, bench.params(count), "spark")
     finally:
@@ -242,6 +258,7 @@ def measure_spark(bench: Bench, count: int) -> dict[str, float]:
     tick_p50, tick_p95 = quantiles(ticks)
     return {
         "spark_bare_job_s": bare_s,
+        "spark_one_stage_job_s": one_stage_s,
         **lag_figures(progress, "spark"),
         "spark_tick_p50_s": tick_p50,
         "spark_tick_p95_s": tick_p95,
@@ -358,10 +375,12 @@ DETAIL_COLUMNS = [
     ("customers", "N"),
     ("spark_tick_p50_s", "spark tick p50 s"),
     ("spark_tick_p95_s", "spark tick p95 s"),
+    ("spark_one_stage_job_s", "spark one-stage job s"),
     ("spark_task_work_per_tick_s", "recorded task work per tick s"),
     ("spark_start_s", "spark start s"),
     ("ray_start_s", "ray start s"),
     ("ray_actor_rss_mib", "ray actor RSS MiB"),
+    ("ray_actor_uss_mib", "ray actor USS MiB"),
 ]
 
 
@@ -373,7 +392,9 @@ def report(figures: dict[str, Any]) -> str:
     lines = [
         f"machine: {machine['cores']} cores; Ray num_cpus={settings['cpus']}, Spark "
         f"local[{settings['cpus']}]; idle replay {settings['minutes']} minutes at "
-        f"{settings['speed']:g}x, bare figures the median of {settings['rounds']}",
+        f"{settings['speed']:g}x, bare figures the median of {settings['rounds']}; "
+        f"1-minute load average {machine['load_before']:.1f} before, "
+        f"{machine['load_after']:.1f} after",
         "",
         markdown(rows, MAIN_COLUMNS),
         "",
@@ -388,20 +409,27 @@ def report(figures: dict[str, Any]) -> str:
         f"One idle customer tick run directly in the driver (restore, query, progress, "
         f"checkpoint): {figures['direct_tick_s']:.3f} s.",
     ]
+    slots = settings["cpus"]
     for row in rows:
-        slots = settings["cpus"]
         waves = math.ceil(row["customers"] / slots)
         estimate = row["spark_bare_job_s"] + waves * figures["direct_tick_s"]
         lines.append(
             f"N={row['customers']}: spark tick p50 {row['spark_tick_p50_s']:.3f} s ~ bare job "
-            f"{row['spark_bare_job_s']:.3f} s + {waves} waves x direct tick = {estimate:.3f} s"
+            f"{row['spark_bare_job_s']:.3f} s + {waves} wave(s) of {slots} direct ticks = "
+            f"{estimate:.3f} s"
         )
+        expected = row["customers"] * settings["minutes"]
         for engine in ("spark", "ray"):
-            expected = row["customers"] * settings["minutes"]
             if row[f"{engine}_minutes"] != expected:
                 lines.append(
                     f"  note: {engine} persisted {row[f'{engine}_minutes']} of {expected} "
                     "customer-minutes"
+                )
+            if row[f"{engine}_backlog_minutes"]:
+                lines.append(
+                    f"  note: {engine} took {row[f'{engine}_backlog_minutes']} of {expected} "
+                    "customer-minutes in ticks of several (it fell behind the clock); its lag "
+                    "includes that wait"
                 )
     return "\n".join(lines)
 
@@ -454,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure every customer count on both engines; print the report and return the figures."""
     args = parse_args(argv)
     figures: dict[str, Any] = {
-        "machine": {"cores": os.cpu_count()},
+        "machine": {"cores": os.cpu_count(), "load_before": os.getloadavg()[0]},
         "settings": {
             "cpus": args.cpus,
             "minutes": args.minutes,
@@ -488,6 +516,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             stop_spark_jvm()
 
     figures["wall_s"] = time.perf_counter() - started
+    figures["machine"]["load_after"] = os.getloadavg()[0]
     print(report(figures))
     print(f"\nwall time {figures['wall_s']:.0f} s")
     if args.json is not None:

@@ -120,6 +120,7 @@ def run_ray(
         actors = [Actor.remote(c, params, url, plan.run_id) for c in params.customers]
 
         warm_started = time.time()
+        ray.get([a.pid.remote() for a in actors])  # every actor up before any clock starts
         if plan.warmup_first is not None:
             log.info("warming up %d customers on %s .. %s", len(actors), plan.warmup_first,
                      plan.warmup_last)  # fmt: skip

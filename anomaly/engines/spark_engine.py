@@ -107,8 +107,11 @@ def _tick(sc: Any, params: Params, url: str, run_id: str, first: datetime, last:
 
     if only is not None:
         return sc.parallelize([(only, None)], 1).mapPartitions(task).collect()
+    # parallelize slices a list evenly by position, so with one element per slice customer i
+    # is always partition i: a stable partitioning without partitionBy's extra shuffle stage
+    # (which more than doubles an idle tick: 2.1 s against 0.9 s for 32 customers here).
     customers = sc.parallelize([(i, None) for i in range(count)], count)
-    return customers.partitionBy(count, lambda i: i).mapPartitions(task).collect()
+    return customers.mapPartitions(task).collect()
 
 
 def run_spark(
