@@ -83,6 +83,7 @@ def run_sweep(
                                   progress=progress)  # fmt: skip
             frame = _lags(outcome)
             frame["engine"], frame["skew"], frame["mode"] = engine, skew, mode
+            frame["wait_s_per_minute"] = run_params.run.wait_seconds_per_minute
             frame["heavy"] = frame["customer"] == heavy
             if skew == 1.0:
                 unit_cost[engine] = _per_minute_cost(frame[frame["heavy"]])
@@ -102,7 +103,9 @@ def isolation_table(lags: pd.DataFrame, heavy: str) -> pd.DataFrame:
         mine = group.loc[group["customer"] == heavy, "lag_s"]
         rows.append({"engine": engine, "skew": skew, "heavy_p95_s": mine.quantile(0.95),
                      "others_p95_s": others.quantile(0.95),
-                     "others_p50_s": others.quantile(0.5)})  # fmt: skip
+                     "others_p50_s": others.quantile(0.5),
+                     "heavy_wait_s": group["wait_s_per_minute"].iloc[0]
+                     if "wait_s_per_minute" in group else 0.0})  # fmt: skip
     table = pd.DataFrame(rows)
     base = table[table["skew"] == 1.0].set_index("engine")["others_p95_s"]
     table["isolation_factor"] = table["others_p95_s"] / table["engine"].map(base)
@@ -228,13 +231,20 @@ def summarise(sweep: Sweep, waits: Sweep | None = None) -> dict[str, Any]:
     markdown = ["# Skew experiment", "", to_markdown(table.round(3)), ""]
     if waits is not None:
         wait_table = waits.isolation()
-        wait_top = wait_table[wait_table["skew"] == top].set_index("engine")
+        wait_skew = wait_table["skew"].max()
+        wait_top = wait_table[wait_table["skew"] == wait_skew].set_index("engine")
+        computed = table[table["skew"] == wait_skew].set_index("engine")["isolation_factor"]
         for engine, row in wait_top.iterrows():
-            compute_factor = at_top.loc[engine, "isolation_factor"]
+            compare = (
+                f" (computing at the same skew: {computed[engine]:.2f})"
+                if engine in computed.index
+                else ""
+            )
             lines.append(
-                f"- {engine}, heavy customer waiting instead of computing: isolation factor "
-                f"{row['isolation_factor']:.2f} (computing: {compute_factor:.2f}); the part "
-                f"that remains when waiting is synchronisation, the difference is contention."
+                f"- {engine}, heavy customer waiting {row['heavy_wait_s']:.2f} s per minute "
+                f"instead of computing (skew {wait_skew:g}): isolation factor "
+                f"{row['isolation_factor']:.2f}{compare}. What remains when waiting is "
+                "synchronisation; the rest of a computing run's factor is contention."
             )
         figures["wait"] = wait_table.to_dict(orient="records")
         noise = repeatability(table, wait_table)

@@ -137,3 +137,34 @@ def test_a_customer_without_rows_gives_an_empty_frame(client):
     customer = customer_params(name="nobody").customers[0]
     batch = fetch_series(client, customer, "t", START, START + timedelta(minutes=9))
     assert batch.points.empty and batch.rows_scanned == 0
+
+
+def test_columns_missing_from_the_table_are_named(client):
+    from anomaly.config import check_columns
+    from anomaly.errors import ConfigError
+
+    client, _ = client
+    good = customer_params().customers[0]
+    check_columns(client, "t", (good,))
+
+    missing_metric = params_from_dict(
+        {
+            "dataset": {"kind": "nab", "path": "unused"},
+            "customers": [
+                {"name": "acme", "table": "ev", "time_column": "ts",
+                 "dimensions": ["device"], "metrics": {"bytes": "sum(bytes_sent)"}}
+            ],
+        }
+    ).customers  # fmt: skip
+    with pytest.raises(ConfigError, match="metrics names column 'bytes_sent'"):
+        check_columns(client, "t", missing_metric)
+
+    no_table = params_from_dict(
+        {
+            "dataset": {"kind": "nab", "path": "unused"},
+            "customers": [{"name": "acme", "table": "nope", "time_column": "ts",
+                           "metrics": {"n": "count()"}}],
+        }
+    ).customers  # fmt: skip
+    with pytest.raises(ConfigError, match="table t.nope does not exist"):
+        check_columns(client, "t", no_table)
