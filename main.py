@@ -157,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: every process this run started has been stopped", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - one line for the user; --verbose shows the rest
+        if args.verbose:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"error: {type(err).__name__}: {first} (rerun with --verbose for the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 1
 
     print()
     print(outcome.table_markdown)
