@@ -203,6 +203,13 @@ def _read(
         f"{statement} ORDER BY {order}",
         parameters={"db": database, "table": table, **parameters},
     )
+    if frame.columns.empty:  # an empty result carries no columns: take the table's
+        names = client.query(
+            "SELECT name FROM system.columns WHERE database = {db:String} "
+            "AND table = {table:String} ORDER BY position",
+            parameters={"db": database, "table": table},
+        ).result_rows
+        frame = pd.DataFrame(columns=[name for (name,) in names])
     for column in frame.columns:
         if getattr(frame[column].dtype, "tz", None) is not None:
             frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)

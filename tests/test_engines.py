@@ -92,3 +92,12 @@ def test_spark_persists_the_same_anomalies_as_ray(params, ray_run, spark_run):
 def test_spark_summary_matches_ray(ray_run, spark_run):
     columns = ["customer", "minutes", "anomalies", "labels", "caught", "missed"]
     pd.testing.assert_frame_equal(ray_run.summary[columns], spark_run.summary[columns])
+
+
+def test_reading_a_run_with_nothing_persisted_gives_frames_with_columns(params):
+    with Store(params.clickhouse) as store:
+        client = store.client()
+        anomalies = read_anomalies(client, params.clickhouse.database, "no-such-run")
+        progress = read_progress(client, params.clickhouse.database, "no-such-run")
+    assert anomalies.empty and "end_minute" in anomalies.columns
+    assert progress.empty and "persisted_at" in progress.columns
