@@ -81,7 +81,7 @@ def stage_times(lags: pd.DataFrame, customer: str) -> Figure:
     ax.set_title(f"Per-stage time of {customer}, per processed minute")
     ax.set_xlabel("engine and skew")
     ax.set_ylabel("seconds per minute (wall)")
-    ax.legend(title="stage", fontsize="small")
+    ax.legend(title="stage", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
@@ -112,7 +112,7 @@ def stage_breakdown(lags: pd.DataFrame, title: str) -> Figure:
     ax.set_title(title)
     ax.set_xlabel("customer")
     ax.set_ylabel("seconds per minute (wall)")
-    ax.legend(title="stage", fontsize="small")
+    ax.legend(title="stage", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
