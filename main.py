@@ -14,12 +14,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from anomaly.config import ROOT, load_params
+from anomaly.config import ROOT, load_params, reports_root
 from anomaly.errors import AnomalyError
 
 log = logging.getLogger("main")
 
 NAB_PARAMS = ROOT / "params" / "nab.yaml"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,10 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--mode",
-        choices=["ray", "spark"],
+        choices=["ray", "spark", "spark-fair"],
         default="ray",
-        help="engine: one Ray actor per customer, or Spark ticks partitioned by "
-        "customer (default: ray)",
+        help="engine: one Ray actor per customer; Spark ticks partitioned by customer; or "
+        "spark-fair, one Spark job loop per customer in FAIR scheduler pools (default: ray)",
     )
     parser.add_argument(
         "--params",
@@ -94,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--cpus",
-        type=int,
+        type=positive_int,
         default=2,
         help="parallelism given to either engine: Ray CPUs or Spark local slots (default: 2)",
     )
@@ -106,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reports",
         type=Path,
-        default=ROOT / "reports",
+        default=reports_root(),
         help="where the summary is written (default: reports/)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

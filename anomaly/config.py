@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,13 @@ DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
 # An environment variable that, when set, replaces clickhouse.url of every params file (an
 # explicit override still wins): points notebooks and tests at another ClickHouse.
 URL_ENV = "ANOMALY_CLICKHOUSE_URL"
+# Where run summaries, figures and executed notebooks go, when not reports/ (tests use it).
+REPORTS_ENV = "ANOMALY_REPORTS_DIR"
+
+
+def reports_root() -> Path:
+    """``reports/`` of the project, or the folder ANOMALY_REPORTS_DIR names."""
+    return Path(os.environ[REPORTS_ENV]) if os.environ.get(REPORTS_ENV) else ROOT / "reports"
 
 
 @dataclass(frozen=True)
@@ -263,6 +271,21 @@ def check_columns(client: Any, database: str, customers: tuple[CustomerConfig, .
                     f"customer {customer.name!r}: {key} names column {column!r}, which table "
                     f"{database}.{customer.table} does not have (it has: {', '.join(types)})"
                 )
+        for metric, aggregate in customer.metrics.items():
+            if aggregate.function in TYPE_FREE_AGGREGATES:
+                continue
+            for column in aggregate.columns:
+                if not _NUMERIC_TYPE.fullmatch(types[column]):
+                    raise ConfigError(
+                        f"customer {customer.name!r}: metric {metric!r} applies "
+                        f"{aggregate.function} to column {column!r} of type {types[column]}; "
+                        "it needs a numeric column"
+                    )
+
+
+# Aggregates that work on any column type (the rest need numbers: the result is a Float64).
+TYPE_FREE_AGGREGATES = {"count", "uniq", "uniqExact"}
+_NUMERIC_TYPE = re.compile(r"(?:Nullable\()?(?:U?Int\d+|Float\d+|Decimal.*|Bool)\)?")
 
 
 # --- helpers -------------------------------------------------------------------------------

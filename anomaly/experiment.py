@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import psutil
 
-from anomaly.config import ROOT, Params
+from anomaly.config import Params
 from anomaly.job import JobOutcome, run_job
 from anomaly.store import Store, read_progress
 from anomaly.summary import lag_frame, to_markdown
@@ -55,7 +55,7 @@ def run_sweep(
     heavy: str | None = None,
     mode: str = "compute",
     cpus: int = 2,
-    reports: Path = ROOT / "reports",
+    reports: Path | None = None,
     progress: bool = True,
 ) -> Sweep:
     """Run every engine at every skew factor on the same dataset; collect lags and stages.

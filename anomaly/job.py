@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from anomaly.config import ROOT, Params, check_columns
+from anomaly.config import Params, check_columns, reports_root
 from anomaly.engines import EngineResult, RunPlan, make_plan
 from anomaly.errors import ConfigError
 from anomaly.store import Store
@@ -91,7 +91,7 @@ def run_job(
     ray_address: str | None = None,
     spark_master: str | None = None,
     cpus: int = 2,
-    reports: Path = ROOT / "reports",
+    reports: Path | None = None,
     progress: bool = True,
     minutes_given: bool = True,
 ) -> JobOutcome:
@@ -136,7 +136,7 @@ def run_job(
         client.close()
 
     outcome = JobOutcome(params, plan, load, result, summary, Path())
-    outcome.summary_path = write_report(outcome, reports)
+    outcome.summary_path = write_report(outcome, reports or reports_root())
     return outcome
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from anomaly.config import ROOT
+from anomaly.config import ROOT, reports_root
 from anomaly.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def notebook_parameters(size: str, name: str) -> dict[str, object]:
 
 
 def run_notebooks(size: str = "study", only: list[str] | None = None,
-                  reports: Path = ROOT / "reports") -> list[Path]:  # fmt: skip
+                  reports: Path | None = None) -> list[Path]:  # fmt: skip
     """Execute the notebooks in order; executed copies go to ``reports/notebooks``."""
     import papermill
 
@@ -48,7 +48,7 @@ def run_notebooks(size: str = "study", only: list[str] | None = None,
     if unknown:
         raise ConfigError(f"unknown notebook(s) {unknown}; known: {', '.join(NOTEBOOKS)}")
 
-    folder = reports / "notebooks"
+    folder = (reports or reports_root()) / "notebooks"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n".join(str(p) for p in paths))
-    print(f"figures and summaries: {ROOT / 'reports'}")
+    print(f"figures and summaries: {reports_root()}")
     return 0
 
 

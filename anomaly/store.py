@@ -26,7 +26,7 @@ from anomaly.sql import quote
 
 log = logging.getLogger(__name__)
 
-CONNECT_ATTEMPTS = 5
+CONNECT_ATTEMPTS = 4
 
 
 def connect(url: str, *, max_threads: int | None = None, attempts: int = CONNECT_ATTEMPTS) -> Any:
@@ -55,6 +55,10 @@ def connect(url: str, *, max_threads: int | None = None, attempts: int = CONNECT
         # The embedded endpoint does not speak compressed bodies; loopback needs none.
         compress=parts.hostname not in ("127.0.0.1", "localhost"),
         settings=settings,
+        # A server that accepts but never answers must not hold a run for the driver's
+        # default 5 minutes per attempt; no query of ours comes near this.
+        connect_timeout=10,
+        send_receive_timeout=60,
     )
 
     delay = 0.5

@@ -168,3 +168,19 @@ def test_columns_missing_from_the_table_are_named(client):
     ).customers  # fmt: skip
     with pytest.raises(ConfigError, match="table t.nope does not exist"):
         check_columns(client, "t", no_table)
+
+
+def test_numeric_aggregates_over_text_columns_are_refused(client):
+    from anomaly.config import check_columns
+    from anomaly.errors import ConfigError
+
+    client, _ = client
+    text_sum = params_from_dict(
+        {
+            "dataset": {"kind": "nab", "path": "unused"},
+            "customers": [{"name": "acme", "table": "ev", "time_column": "ts",
+                           "metrics": {"n": "count(device)", "bad": "sum(device)"}}],
+        }
+    ).customers  # fmt: skip
+    with pytest.raises(ConfigError, match="metric 'bad' applies sum to column 'device'"):
+        check_columns(client, "t", text_sum)
