@@ -76,7 +76,8 @@ class RunSettings:
     speed: float = 60.0
     data_delay_seconds: float = 5.0
     checkpoint_every_minutes: int = 1
-    # A customer whose ticks also wait this many wall seconds per minute covered, standing for
+    # A customer whose replayed ticks also wait this many wall seconds per minute covered (not
+    # during warm-up), standing for
     # work that waits (slow I/O) rather than computes: it separates synchronisation delay from
     # CPU contention in the skew experiment.
     wait_customer: str | None = None

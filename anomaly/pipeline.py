@@ -95,7 +95,7 @@ class CustomerWorker:
         started = time.time()
 
         frame = query_series(self.client, self.customer, self.database, first, last)
-        if self.customer.name == self.params.run.wait_customer:
+        if phase == "replay" and self.customer.name == self.params.run.wait_customer:
             minutes = int((last - first) / MINUTE) + 1
             time.sleep(self.params.run.wait_seconds_per_minute * minutes)
         queried = time.time()
