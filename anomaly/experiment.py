@@ -73,10 +73,13 @@ def run_sweep(
     skews = sorted(set(float(s) for s in skews) | {1.0})
 
     lags, runs, outcomes = [], [], []
-    unit_cost: dict[str, float] = {}
+    costs: list[float] = []
     for skew in skews:
+        # One wait for every engine: the median of their skew-1 costs (each engine measures a
+        # different cost, and a fair comparison gives all of them the same extra time).
+        unit_cost = float(pd.Series(costs).median()) if costs else 0.0
         for engine in engines:
-            run_params = _variant(params, heavy, skew, mode, unit_cost.get(engine, 0.0))
+            run_params = _variant(params, heavy, skew, mode, unit_cost)
             log.info("sweep: %s at skew %g (%s)", engine, skew, mode)
             with CpuSampler() as cpu:
                 outcome = run_job(run_params, engine, cpus=cpus, reports=reports,
@@ -86,7 +89,7 @@ def run_sweep(
             frame["wait_s_per_minute"] = run_params.run.wait_seconds_per_minute
             frame["heavy"] = frame["customer"] == heavy
             if skew == 1.0:
-                unit_cost[engine] = _per_minute_cost(frame[frame["heavy"]])
+                costs.append(_per_minute_cost(frame[frame["heavy"]]))
             lags.append(frame)
             runs.append(_run_row(outcome, engine, skew, mode, heavy, frame, cpu.mean))
             outcomes.append(outcome)
