@@ -2,10 +2,10 @@
 
 For each skew factor the demo dataset is reloaded with the heavy customer's events per minute
 multiplied by it (the other customers' rows do not change), and each engine replays it. In
-``wait`` mode the data stays unskewed and the heavy customer's ticks instead wait, per minute,
-(skew - 1) times its own measured per-minute cost at skew 1: the same extra time, spent
-waiting instead of computing, so any spread to other customers is synchronisation, not CPU
-contention.
+``wait`` mode the data stays unskewed and the heavy customer's replayed ticks instead wait, per
+minute, (skew - 1) times its measured per-minute cost at skew 1 (the median over the engines,
+so every engine gets the same wait): extra time spent waiting instead of computing, so any
+spread to other customers is synchronisation, not CPU contention.
 """
 
 from __future__ import annotations
