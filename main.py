@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly.config import ROOT, load_params, reports_root
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, first_line
 
 log = logging.getLogger("main")
 
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - one line for the user; --verbose shows the rest
         if args.verbose:
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = first_line(err)
         print(f"error: {type(err).__name__}: {first} (rerun with --verbose for the traceback)",
               file=sys.stderr)  # fmt: skip
         return 1

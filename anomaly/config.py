@@ -212,7 +212,7 @@ def params_from_dict(
     _positive(clickhouse.max_threads, "clickhouse.max_threads")
     if not clickhouse.url.startswith(("chdb:", "http://", "https://")):
         raise ConfigError(
-            f"clickhouse.url {_redact(clickhouse.url)!r} must start with chdb:, http:// or https://"
+            f"clickhouse.url {redact(clickhouse.url)!r} must start with chdb:, http:// or https://"
         )
 
     detector = _detector(raw.get("detector") or {})
@@ -522,7 +522,7 @@ def _check_demo(dataset: DatasetSettings, customers: tuple[CustomerConfig, ...])
             )
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A URL with any password removed, for messages and logs."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)

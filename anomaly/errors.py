@@ -1,6 +1,13 @@
 """The project's named errors; every message names the bad value and what is allowed."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none), for one-line
+    reports to a user."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 class AnomalyError(Exception):
     """Base of every error the project raises on purpose."""
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import clickhouse_connect
 import pandas as pd
 
-from anomaly.config import ClickHouseSettings, _redact
+from anomaly.config import ClickHouseSettings, redact
 from anomaly.errors import StoreError
 from anomaly.records import Anomaly
 from anomaly.schema import ensure_schema
@@ -42,7 +42,7 @@ def connect(url: str, *, max_threads: int | None = None, attempts: int = CONNECT
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise StoreError(f"ClickHouse URL {_redact(url)!r} must be http(s)://host:port")
+        raise StoreError(f"ClickHouse URL {redact(url)!r} must be http(s)://host:port")
     settings = {"max_threads": max_threads} if max_threads else {}
     options: dict[str, Any] = dict(
         host=parts.hostname,
@@ -68,10 +68,12 @@ def connect(url: str, *, max_threads: int | None = None, attempts: int = CONNECT
         except Exception as err:  # noqa: BLE001 - the driver raises many kinds on connect
             if attempt == attempts:
                 raise StoreError(
-                    f"cannot reach ClickHouse at {_redact(url)} after {attempts} attempts: "
-                    f"{type(err).__name__}: {_redact(str(err))}"
+                    f"cannot reach ClickHouse at {redact(url)} after {attempts} attempts: "
+                    f"{type(err).__name__}: {redact(str(err))}"
                 ) from None
-            log.warning("ClickHouse at %s not reachable (%s); retrying", _redact(url), err)
+            log.warning(
+                "ClickHouse at %s not reachable (%s); retrying", redact(url), redact(str(err))
+            )
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
     raise AssertionError("unreachable")

@@ -23,7 +23,7 @@ from typing import Any
 from anomaly.clock import MINUTE, Clock, follow_clock
 from anomaly.config import Params
 from anomaly.engines import EngineResult, RunPlan
-from anomaly.errors import EngineError
+from anomaly.errors import EngineError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def run_spark(
         replay_seconds = time.time() - replay_started
     except Exception as err:
         if type(err).__module__.startswith(("py4j", "pyspark")):
-            raise EngineError(f"Spark run {plan.run_id} failed: {_first_line(err)}") from err
+            raise EngineError(f"Spark run {plan.run_id} failed: {first_line(err)}") from err
         raise
     finally:
         session.stop()
@@ -210,8 +210,3 @@ def _run_fair(
     if errors:
         raise errors[0]
     return ticks
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
