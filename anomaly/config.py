@@ -82,6 +82,9 @@ class RunSettings:
     # CPU contention in the skew experiment.
     wait_customer: str | None = None
     wait_seconds_per_minute: float = 0.0
+    # How long a customer's worker keeps retrying (with backoff) a ClickHouse call that fails
+    # because the server cannot be reached, before the run gives up on that customer.
+    retry_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,9 @@ class CustomerConfig:
     groupings: tuple[tuple[str, ...], ...]
     metrics: dict[str, Aggregate] = field(hash=False)
     min_group_size: int = 50
+    # Most series the detector keeps for this customer; series beyond it are not tracked
+    # (a warning says how many), so a dimension with unbounded values cannot exhaust memory.
+    max_series: int = 100_000
 
     @property
     def dimension_columns(self) -> tuple[str, ...]:
@@ -220,12 +226,9 @@ def params_from_dict(
     _positive(run.minutes, "run.minutes")
     _positive(run.speed, "run.speed")
     _positive(run.checkpoint_every_minutes, "run.checkpoint_every_minutes")
-    if run.data_delay_seconds < 0:
-        raise ConfigError(f"run.data_delay_seconds {run.data_delay_seconds!r} must be >= 0")
-    if run.wait_seconds_per_minute < 0:
-        raise ConfigError(
-            f"run.wait_seconds_per_minute {run.wait_seconds_per_minute!r} must be >= 0"
-        )
+    for key in ("data_delay_seconds", "wait_seconds_per_minute", "retry_seconds"):
+        if getattr(run, key) < 0:
+            raise ConfigError(f"run.{key} {getattr(run, key)!r} must be >= 0")
 
     dataset = _dataset(raw.get("dataset") or {})
     customers_raw = raw.get("customers") or []
@@ -440,6 +443,7 @@ def _injected(raw: Any, index: int) -> InjectedAnomaly:
 
 _CUSTOMER_KEYS = {
     "name", "table", "time_column", "customer_column", "dimensions", "metrics", "min_group_size",
+    "max_series",
 }  # fmt: skip
 
 
@@ -487,9 +491,13 @@ def _customer(raw: Any, index: int) -> CustomerConfig:
     min_group_size = _coerce(raw.get("min_group_size", 50), 50, f"{where}.min_group_size")
     if min_group_size < 1:
         raise ConfigError(f"{where}: min_group_size {min_group_size!r} must be >= 1")
+    max_series = _coerce(raw.get("max_series", 100_000), 100_000, f"{where}.max_series")
+    if max_series < 1:
+        raise ConfigError(f"{where}: max_series {max_series!r} must be >= 1")
     return CustomerConfig(
-        name, table, time_column, customer_column, tuple(groupings), metrics, min_group_size
-    )
+        name, table, time_column, customer_column, tuple(groupings), metrics, min_group_size,
+        max_series,
+    )  # fmt: skip
 
 
 def _check_demo(dataset: DatasetSettings, customers: tuple[CustomerConfig, ...]) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from clickhouse_connect.driver.exceptions import OperationalError
 from tqdm.auto import tqdm
 
 from anomaly.config import Params, check_columns, reports_root
@@ -125,7 +127,7 @@ def run_job(
                 spark_master=spark_master,
                 cpus=cpus,
                 on_progress=show,
-                count_done=lambda: replayed_minutes(client, params, plan.run_id),
+                count_done=progress_counter(client, params, plan.run_id),
             )
 
         dataset = "nab" if params.dataset.kind == "nab" else "demo"
@@ -157,6 +159,22 @@ def run_engine(params: Params, url: str, plan: RunPlan, engine: str, **options: 
                          on_progress=options.get("on_progress"),
                          count_done=options.get("count_done"))  # fmt: skip
     raise ConfigError(f"engine {engine!r} is not known; allowed: {', '.join(ENGINES)}")
+
+
+def progress_counter(client: Any, params: Params, run_id: str) -> Callable[[], int]:
+    """:func:`replayed_minutes` for the progress display; while ClickHouse is unreachable it
+    repeats the last count instead of failing the run (the workers retry on their own)."""
+    last = 0
+
+    def count() -> int:
+        nonlocal last
+        try:
+            last = replayed_minutes(client, params, run_id)
+        except OperationalError:
+            log.debug("progress count skipped: ClickHouse unreachable")
+        return last
+
+    return count
 
 
 def replayed_minutes(client: Any, params: Params, run_id: str) -> int:

@@ -13,13 +13,23 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import psutil
 
 from anomaly.clock import MINUTE, Clock, minute_range, processable_at
 from anomaly.config import CustomerConfig, Params
 from anomaly.detector import make_detector
+from anomaly.faults import trip
 from anomaly.queries import query_series, to_points
-from anomaly.store import connect, load_state, save_state, write_anomalies, write_progress
+from anomaly.store import (
+    Retrying,
+    connect,
+    load_state,
+    save_state,
+    write_anomalies,
+    write_progress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +71,9 @@ class CustomerWorker:
         self._own_client = client is None
         self.client = client or connect(url, max_threads=params.clickhouse.max_threads)
         self.detector = make_detector(customer.name, params.detector)
+        self.retrying = Retrying(customer.name, params.run.retry_seconds)
+        self.untracked_series = 0
+        self._cap_warned = False
         self.last_minute: datetime | None = None
         self._last_checkpoint: datetime | None = None
         self._checkpoint_s = 0.0
@@ -69,7 +82,8 @@ class CustomerWorker:
 
     def restore(self) -> datetime | None:
         """Load the newest checkpoint of this customer in this run; return its minute."""
-        saved = load_state(self.client, self.database, self.run_id, self.customer.name)
+        saved = self.retrying("restore", load_state, self.client, self.database, self.run_id,
+                              self.customer.name)  # fmt: skip
         if saved is None:
             return None
         minute, kind, blob = saved
@@ -94,22 +108,25 @@ class CustomerWorker:
             )
         started = time.time()
 
-        frame = query_series(self.client, self.customer, self.database, first, last)
+        frame = self.retrying("query", query_series, self.client, self.customer, self.database,
+                              first, last)  # fmt: skip
         if phase == "replay" and self.customer.name == self.params.run.wait_customer:
             minutes = int((last - first) / MINUTE) + 1
             time.sleep(self.params.run.wait_seconds_per_minute * minutes)
         queried = time.time()
 
         batch = to_points(frame, self.customer, first, last)
-        points = batch.points
+        points = self._within_cap(batch.points, first)
         built = time.time()
 
         updates = self.detector.process(points)
         detected = time.time()
+        trip(self.customer.name, first, last)
 
         # Anomalies, then progress, then the checkpoint: a crash anywhere re-processes the tick
         # from the previous checkpoint, and re-writing anomalies or progress is harmless.
-        write_anomalies(self.client, self.database, self.run_id, self.engine, updates, detected)
+        self.retrying("anomaly write", write_anomalies, self.client, self.database, self.run_id,
+                      self.engine, updates, detected)  # fmt: skip
         persisted_at = time.time()
         stages = (restore_s, queried - started, built - queried, detected - built,
                   persisted_at - detected)  # fmt: skip
@@ -146,9 +163,10 @@ class CustomerWorker:
             self._checkpoint_s = 0.0
             return
         started = time.time()
-        save_state(
-            self.client, self.database, self.run_id, self.customer.name, last,
-            self.params.detector.kind, self.detector.series_count, self.detector.to_bytes(),
+        self.retrying(
+            "checkpoint", save_state, self.client, self.database, self.run_id,
+            self.customer.name, last, self.params.detector.kind, self.detector.series_count,
+            self.detector.to_bytes(),
         )  # fmt: skip
         self._last_checkpoint = last
         self._checkpoint_s = time.time() - started
@@ -194,7 +212,38 @@ class CustomerWorker:
             }
             for minute in minutes
         ]
-        write_progress(self.client, self.database, rows)
+        self.retrying("progress write", write_progress, self.client, self.database, rows)
+
+    def _within_cap(self, points: pd.DataFrame, first: datetime) -> pd.DataFrame:
+        """``points`` without those of new series beyond the customer's ``max_series``.
+
+        Known series always keep their points. New series are admitted while there is room,
+        those with the most events first (then by key, so every engine admits the same ones
+        for the same ticks); the others' points are dropped, ``untracked_series`` counts them
+        in the latest tick, and the first time a customer overflows a WARNING says so.
+        """
+        cap, tracked = self.customer.max_series, self.detector.series_count
+        if tracked + len(points) <= cap:
+            return points  # cannot overflow: the common case costs nothing
+
+        keys = points["series_key"].to_numpy()
+        known = np.isin(keys, self.detector.series_keys)
+        new = points.loc[~known, ["series_key", "group_size"]]
+        sizes = new.groupby("series_key")["group_size"].max().reset_index()
+        room = max(cap - tracked, 0)
+        if len(sizes) <= room:
+            return points
+
+        sizes = sizes.sort_values(["group_size", "series_key"], ascending=[False, True])
+        admitted = sizes["series_key"].to_numpy()[:room]
+        dropped = len(sizes) - room
+        if not self._cap_warned:
+            self._cap_warned = True
+            log.warning("customer %s: more series than max_series=%d at minute %s; %d new "
+                        "series are not tracked (raise max_series or drop a dimension)",
+                        self.customer.name, cap, first, dropped)  # fmt: skip
+        self.untracked_series = dropped
+        return points[known | np.isin(keys, admitted)].reset_index(drop=True)
 
 
 def _ts(epoch: float) -> datetime:

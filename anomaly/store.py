@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import clickhouse_connect
 import pandas as pd
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from anomaly.config import ClickHouseSettings, redact
-from anomaly.errors import StoreError
+from anomaly.errors import StoreError, first_line
 from anomaly.records import Anomaly
 from anomaly.schema import ensure_schema
 from anomaly.sql import quote
@@ -27,6 +28,13 @@ from anomaly.sql import quote
 log = logging.getLogger(__name__)
 
 CONNECT_ATTEMPTS = 4
+
+# Backoff between retries of a call whose server could not be reached (wall seconds): doubles
+# from the first to the longest, so a restarted server is noticed within the longest wait.
+RETRY_FIRST_WAIT = 0.25
+RETRY_LONGEST_WAIT = 4.0
+
+T = TypeVar("T")
 
 
 def connect(url: str, *, max_threads: int | None = None, attempts: int = CONNECT_ATTEMPTS) -> Any:
@@ -77,6 +85,53 @@ def connect(url: str, *, max_threads: int | None = None, attempts: int = CONNECT
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
     raise AssertionError("unreachable")
+
+
+class Retrying:
+    """Runs one customer's ClickHouse calls, retrying with backoff while the server is down.
+
+    Only failures to reach the server (refused or broken connections, timeouts: the driver's
+    OperationalError) are retried; a statement the server refuses fails at once. An outage
+    logs one WARNING for the customer when it starts and one INFO line when the server answers
+    again; a call still failing after ``budget_seconds`` raises StoreError. Every write of the
+    pipeline replaces its row when repeated, so retrying a call that did reach the server
+    before the connection broke is harmless.
+    """
+
+    def __init__(self, customer: str, budget_seconds: float, sleep: Callable[[float], None]
+                 = time.sleep):  # fmt: skip
+        self.customer = customer
+        self.budget_seconds = budget_seconds
+        self.outages = 0
+        self._sleep = sleep
+
+    def __call__(self, what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``call(*args, **kwargs)``; ``what`` names the step in messages."""
+        failed_at: float | None = None
+        wait = RETRY_FIRST_WAIT
+        while True:
+            try:
+                result = call(*args, **kwargs)
+            except OperationalError as err:
+                now = time.monotonic()
+                if failed_at is None:
+                    failed_at = now
+                    self.outages += 1
+                    log.warning("customer %s: ClickHouse unreachable during %s (%s); retrying "
+                                "for up to %.0f s", self.customer, what,
+                                redact(first_line(err)), self.budget_seconds)  # fmt: skip
+                if now - failed_at + wait > self.budget_seconds:
+                    raise StoreError(
+                        f"customer {self.customer!r}: ClickHouse unreachable for "
+                        f"{now - failed_at:.0f} s during {what}: {redact(first_line(err))}"
+                    ) from None
+                self._sleep(wait)
+                wait = min(wait * 2, RETRY_LONGEST_WAIT)
+                continue
+            if failed_at is not None:
+                log.info("customer %s: ClickHouse answers again after %.1f s (%s)",
+                         self.customer, time.monotonic() - failed_at, what)  # fmt: skip
+            return result
 
 
 class Store:

@@ -24,6 +24,7 @@ from anomaly.clock import MINUTE, Clock, follow_clock
 from anomaly.config import Params
 from anomaly.engines import EngineResult, RunPlan
 from anomaly.errors import EngineError, first_line
+from anomaly.faults import FAULT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def spark_session(master: str | None, slots: int, fair: bool = False) -> Any:
         .config("spark.task.maxFailures", str(TASK_ATTEMPTS))
         .config("spark.scheduler.mode", "FAIR" if fair else "FIFO")
     )
+    if os.environ.get(FAULT_ENV):  # a fault drill: Python workers must see the armed fault
+        builder = builder.config(f"spark.executorEnv.{FAULT_ENV}", os.environ[FAULT_ENV])
     if master is None:
         builder = builder.config("spark.driver.host", "127.0.0.1").config(
             "spark.driver.bindAddress", "127.0.0.1"
