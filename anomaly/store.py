@@ -27,6 +27,11 @@ from anomaly.sql import quote
 
 log = logging.getLogger(__name__)
 
+# While the server is down, the HTTP layers under clickhouse-connect log a WARNING on every
+# failed attempt; Retrying logs one per customer per outage instead, carrying the same error.
+for _noisy in ("urllib3.connectionpool", "clickhouse_connect.driver._backend.http_sync"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
+
 CONNECT_ATTEMPTS = 4
 
 # Backoff between retries of a call whose server could not be reached (wall seconds): doubles
