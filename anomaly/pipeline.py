@@ -34,6 +34,16 @@ from anomaly.store import (
 log = logging.getLogger(__name__)
 
 
+# How a worker process (a Ray actor, a Spark Python worker) logs: WARNING and above, naming
+# the level and logger like the driver does, so a user sees which customer a problem concerns.
+WORKER_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def configure_worker_logging() -> None:
+    """Log WARNING and above to stderr in a worker process (no-op if already configured)."""
+    logging.basicConfig(level=logging.WARNING, format=WORKER_LOG_FORMAT)
+
+
 @dataclass(frozen=True)
 class TickReport:
     """What one tick of one customer did and how long each stage took (seconds)."""

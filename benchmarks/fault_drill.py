@@ -43,6 +43,8 @@ COMPARED = ["end_minute", "detected_minute", "value", "expected", "peak_score", 
 VICTIM = "shopfront"
 # Wall seconds a drill waits for a run to end before it calls the run hung.
 RUN_TIMEOUT = 300.0
+# Every run gets this password in its environment: no output or report of a drill may show it.
+SECRET = f"drill-{os.getpid()}-never-logged"
 
 
 @dataclass
@@ -111,7 +113,8 @@ class Harness:
                    *args]  # fmt: skip
         with open(log, "wb") as out:
             process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **(env or {})},
+                                       env={**os.environ, "CLICKHOUSE_PASSWORD": SECRET,
+                                            **(env or {})},
                                        start_new_session=True)  # fmt: skip
         return process, log
 

@@ -18,7 +18,7 @@ from anomaly.clock import MINUTE, Clock, follow_clock
 from anomaly.config import CustomerConfig, Params
 from anomaly.engines import EngineResult, RunPlan
 from anomaly.errors import EngineError
-from anomaly.pipeline import CustomerWorker
+from anomaly.pipeline import CustomerWorker, configure_worker_logging
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class CustomerActor:
     """
 
     def __init__(self, customer: CustomerConfig, params: Params, url: str, run_id: str):
-        logging.basicConfig(level=logging.WARNING)
+        configure_worker_logging()
         self.worker = CustomerWorker(customer, params, url, run_id, engine="ray")
         self.worker.restore()
 

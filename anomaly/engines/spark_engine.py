@@ -78,9 +78,10 @@ def _customer_tick(
     phase: str, clock: Clock | None, engine: str,
 ) -> dict[str, Any] | None:  # fmt: skip
     """Run in a Spark task: restore the customer's detector, process the minutes, persist."""
-    from anomaly.pipeline import CustomerWorker
+    from anomaly.pipeline import CustomerWorker, configure_worker_logging
     from anomaly.store import connect
 
+    configure_worker_logging()
     customer = params.customers[index]
     key = (url, params.clickhouse.max_threads)
     if key not in _CLIENTS:
