@@ -74,7 +74,7 @@ class Outcome:
             "same anomalies": self.anomalies_same,
             f"{VICTIM} max lag s": round(self.victim_lag_max_s, 2),
             "others max lag s": round(self.others_lag_max_s, 2),
-            "others, no fault": round(self.baseline_others_lag_max_s, 2),
+            "others, same run without fault": round(self.baseline_others_lag_max_s, 2),
             "WARNING lines": sum(self.warnings.values()),
             "wall s": round(self.wall_s, 1),
             "notes": "; ".join(self.notes),
@@ -84,8 +84,12 @@ class Outcome:
 class Harness:
     """An endpoint on a temporary chDB folder, the tiny dataset loaded, one baseline run."""
 
-    def __init__(self, folder: Path, python: str = sys.executable):
+    def __init__(self, folder: Path, python: str = sys.executable, quiet_lags: bool = False):
+        """``quiet_lags``: also run each engine uninterrupted at each drill's speed, so every
+        drill's lag has a like-for-like figure beside it (the table; tests skip it)."""
         self.folder = folder
+        self.quiet_lags = quiet_lags
+        self._quiet: dict[tuple[str, float], float] = {}
         self.python = python
         self.endpoint = EmbeddedEndpoint()
         self.url = self.endpoint.start(folder / "clickhouse")
@@ -97,6 +101,7 @@ class Harness:
         if self.baseline.returncode != 0:
             raise RuntimeError(f"the baseline run failed:\n{self.baseline.output[-3000:]}")
         self.baseline_anomalies = self.anomalies(self.baseline_run)
+        self._quiet[("ray", self.params.run.speed)] = _others_lag(self.progress(self.baseline_run))
 
     def close(self) -> None:
         self.endpoint.stop()
@@ -158,15 +163,27 @@ class Harness:
         progress = self.progress(self.baseline_run)
         return pd.Timestamp(progress.loc[progress["phase"] == "replay", "minute"].min())
 
+    def quiet_others_lag(self, engine: str, speed: float | None) -> float:
+        """The others' max lag of an uninterrupted run of ``engine`` at ``speed`` (measured once,
+        when the harness measures quiet lags; NaN otherwise)."""
+        key = (engine, speed or self.params.run.speed)
+        if key not in self._quiet and self.quiet_lags:
+            run_id = f"quiet-{engine}-{key[1]:g}"
+            done = self.run(["--mode", engine, "--run-id", run_id, "--speed", f"{key[1]:g}"])
+            self._quiet[key] = _others_lag(self.progress(run_id)) if done.returncode == 0 else \
+                float("nan")  # fmt: skip
+        return self._quiet.get(key, float("nan"))
+
     def outcome(self, drill: str, engine: str, run_id: str, finished: list[Finished],
                 started: float, anomalies: pd.DataFrame | None = None,
-                progress: pd.DataFrame | None = None) -> Outcome:  # fmt: skip
+                progress: pd.DataFrame | None = None, speed: float | None = None
+                ) -> Outcome:  # fmt: skip
         """Compare a drill's run with the baseline."""
         progress = self.progress(run_id) if progress is None else progress
         anomalies = self.anomalies(run_id) if anomalies is None else anomalies
         base_progress = self.progress(self.baseline_run)
         lag = _lag_by_customer(progress)
-        base_lag = _lag_by_customer(base_progress)
+        wall_s = time.monotonic() - started
         others = [c for c in lag.index if c != VICTIM]
         output = "".join(f.output for f in finished)
         return Outcome(
@@ -179,9 +196,9 @@ class Harness:
             anomalies=len(anomalies),
             victim_lag_max_s=float(lag.get(VICTIM, float("nan"))),
             others_lag_max_s=float(lag[others].max()) if others else float("nan"),
-            baseline_others_lag_max_s=float(base_lag.drop(VICTIM, errors="ignore").max()),
+            baseline_others_lag_max_s=self.quiet_others_lag(engine, speed),
             warnings=_warnings_by_customer(output),
-            wall_s=time.monotonic() - started,
+            wall_s=wall_s,
         )
 
 
@@ -226,6 +243,10 @@ def _same_minutes(progress: pd.DataFrame, baseline: pd.DataFrame) -> bool:
     mine = progress[columns].sort_values(columns).reset_index(drop=True)
     theirs = baseline[columns].sort_values(columns).reset_index(drop=True)
     return not mine.duplicated().any() and mine.equals(theirs)
+
+
+def _others_lag(progress: pd.DataFrame) -> float:
+    return float(_lag_by_customer(progress).drop(VICTIM, errors="ignore").max())
 
 
 def _lag_by_customer(progress: pd.DataFrame) -> pd.Series:
@@ -285,7 +306,7 @@ def spark_driver_killed(harness: Harness) -> Outcome:
     survivors = _wait_gone(tree, timeout=30.0)
     second = harness.run(args)
     outcome = harness.outcome("Spark driver killed, rerun", "spark", run_id, [first, second],
-                              started)  # fmt: skip
+                              started, speed=60)  # fmt: skip
     outcome.notes.append(f"processes left by the killed driver: {len(survivors)}")
     return outcome
 
@@ -315,7 +336,8 @@ def endpoint_outage(harness: Harness, engines: list[str], outage_seconds: float
     outcomes = []
     for engine, (run_id, process, log) in runs.items():
         done = finish(process, log)
-        outcome = harness.outcome(f"endpoint down {down:.0f} s", engine, run_id, [done], started)
+        outcome = harness.outcome(f"endpoint down {down:.0f} s", engine, run_id, [done], started,
+                                  speed=float(f"{speed:g}"))  # fmt: skip
         outcome.notes.append(f"customers warned: {len(outcome.warnings)}")
         outcomes.append(outcome)
     return outcomes
@@ -340,7 +362,7 @@ def interrupted(harness: Harness) -> Outcome:
 
     progress, anomalies = _read_own(own, run_id)
     outcome = harness.outcome("Ctrl-C, rerun", "ray", run_id, [first, second], started,
-                              anomalies=anomalies, progress=progress)  # fmt: skip
+                              anomalies=anomalies, progress=progress, speed=60)  # fmt: skip
     outcome.notes.append(f"processes left after Ctrl-C: {len(survivors)} of {len(seen)}")
     return outcome
 
@@ -420,11 +442,11 @@ DRILLS: dict[str, Callable[[Harness, float], list[Outcome]]] = {
 
 
 @contextlib.contextmanager
-def harness(folder: Path | None = None) -> Iterator[Harness]:
+def harness(folder: Path | None = None, quiet_lags: bool = False) -> Iterator[Harness]:
     with contextlib.ExitStack() as stack:
         if folder is None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="drill-")))
-        made = Harness(folder)
+        made = Harness(folder, quiet_lags=quiet_lags)
         stack.callback(made.close)
         yield made
 
@@ -436,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     rows = []
-    with harness() as made:
+    with harness(quiet_lags=True) as made:
         for name in args.only:
             print(f"drill {name} ...", file=sys.stderr, flush=True)
             for outcome in DRILLS[name](made, args.outage_seconds):
