@@ -19,6 +19,7 @@ from anomaly.clock import MINUTE, Clock, minute_range, processable_at
 from anomaly.config import CustomerConfig, Params
 from anomaly.detector import make_detector
 from anomaly.queries import query_series, to_points
+from anomaly.rootcause import detect_and_explain, keep_causes
 from anomaly.store import connect, load_state, save_state, write_anomalies, write_progress
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,14 @@ class CustomerWorker:
         points = batch.points
         built = time.time()
 
-        updates = self.detector.process(points)
+        updates = detect_and_explain(
+            self.detector, points, self.customer, self.params.root_cause.top
+        )
         detected = time.time()
 
         # Anomalies, then progress, then the checkpoint: a crash anywhere re-processes the tick
         # from the previous checkpoint, and re-writing anomalies or progress is harmless.
+        updates = keep_causes(self.client, self.database, self.run_id, self.customer, updates)
         write_anomalies(self.client, self.database, self.run_id, self.engine, updates, detected)
         persisted_at = time.time()
         stages = (restore_s, queried - started, built - queried, detected - built,
