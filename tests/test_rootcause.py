@@ -7,12 +7,15 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 import clickhouse_connect
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
 from anomaly.config import DetectorSettings, params_from_dict
 from anomaly.detector import SeedDetector
+from anomaly.explore import anomaly_near, root_cause_table
+from anomaly.plots import root_cause_ranking
 from anomaly.records import (
     POINT_COLUMNS,
     SHARE,
@@ -364,3 +367,42 @@ def test_ranking_is_stored_read_back_and_kept_by_the_ended_version(client):
     assert len(stored) == 1 and stored["end_minute"].notna().all()
     assert causes_from_json(stored["root_cause"].iloc[0]) == opened.root_cause
     assert keep_causes(client, "rc", "other-run", customer, [ended])[0].root_cause == ()
+
+
+# --- the notebook's helpers ------------------------------------------------------------------
+
+
+def stored(*spans: tuple[int, int | None], causes: str = "") -> pd.DataFrame:
+    """Rows as read_anomalies gives them, one per (start, end) in minutes after MINUTE."""
+    at = [MINUTE + timedelta(minutes=s) for s, _ in spans]
+    ends = [None if e is None else MINUTE + timedelta(minutes=e) for _, e in spans]
+    return pd.DataFrame(
+        {
+            "start_minute": pd.to_datetime(at),
+            "end_minute": pd.to_datetime(ends),
+            "root_cause": [causes] * len(spans),
+        }
+    )
+
+
+def test_anomaly_near_a_minute_is_the_one_open_then_or_the_nearest():
+    rows = stored((0, 5), (30, 40), (60, None))
+    assert anomaly_near(rows, None)["start_minute"] == MINUTE
+    assert anomaly_near(rows, MINUTE + timedelta(minutes=35))["start_minute"] == rows.iloc[1, 0]
+    assert anomaly_near(rows, MINUTE + timedelta(minutes=27))["start_minute"] == rows.iloc[1, 0]
+    assert anomaly_near(rows, MINUTE + timedelta(minutes=999))["start_minute"] == rows.iloc[2, 0]
+    assert anomaly_near(rows.iloc[:0], MINUTE) is None
+
+
+def test_root_cause_table_lists_the_ranking_in_order():
+    causes = explain(anomaly_of(SPIKE, "all", ""), frame(SPIKE), expectations(SPIKE), COUNT, 3)
+    table = root_cause_table(stored((0, 5), causes=causes_to_json(causes)).iloc[0])
+    assert list(table["rank"]) == [1, 2, 3]
+    assert list(table["dimension_values"]) == ["mobile", "chrome", "mobile|chrome"]
+    assert root_cause_table(None).empty and "contribution" in root_cause_table(None).columns
+
+    figure = root_cause_ranking(table, "why")
+    ax = figure.axes[0]
+    assert ax.get_title() == "why" and "share" in ax.get_xlabel() and ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_yticklabels()][-1] == "device = mobile"
+    plt.close(figure)
