@@ -88,6 +88,14 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class RootCauseSettings:
+    """How an anomaly of a coarse grouping is explained by finer slices (anomaly.rootcause)."""
+
+    # Slices kept in an anomaly's ranking, best first; 0 turns the ranking off.
+    top: int = 5
+
+
+@dataclass(frozen=True)
 class InjectedAnomaly:
     """An anomaly the demo generator puts into one slice of one customer's events."""
 
@@ -166,6 +174,7 @@ class Params:
     dataset: DatasetSettings
     customers: tuple[CustomerConfig, ...]
     source: str = "<dict>"
+    root_cause: RootCauseSettings = RootCauseSettings()
 
     def customer(self, name: str) -> CustomerConfig:
         for customer in self.customers:
@@ -211,7 +220,8 @@ def params_from_dict(
         overrides.setdefault("clickhouse.url", os.environ[URL_ENV])
     for dotted, value in overrides.items():
         _apply_override(raw, dotted, value)
-    _reject_unknown(raw, {"clickhouse", "detector", "run", "dataset", "customers"}, "top level")
+    sections = {"clickhouse", "detector", "run", "dataset", "customers", "root_cause"}
+    _reject_unknown(raw, sections, "top level")
 
     clickhouse = _section(ClickHouseSettings, raw.get("clickhouse") or {}, "clickhouse")
     identifier(clickhouse.database, "clickhouse.database")
@@ -229,6 +239,10 @@ def params_from_dict(
     for key in ("data_delay_seconds", "wait_seconds_per_minute", "retry_seconds"):
         if getattr(run, key) < 0:
             raise ConfigError(f"run.{key} {getattr(run, key)!r} must be >= 0")
+
+    root_cause = _section(RootCauseSettings, raw.get("root_cause") or {}, "root_cause")
+    if root_cause.top < 0:
+        raise ConfigError(f"root_cause.top {root_cause.top!r} must be >= 0 (0: no ranking)")
 
     dataset = _dataset(raw.get("dataset") or {})
     customers_raw = raw.get("customers") or []
@@ -248,7 +262,7 @@ def params_from_dict(
         if not customers:
             raise ConfigError("customers: the demo dataset needs at least one customer")
         _check_demo(dataset, customers)
-    return Params(clickhouse, detector, run, dataset, customers, source)
+    return Params(clickhouse, detector, run, dataset, customers, source, root_cause)
 
 
 def check_columns(client: Any, database: str, customers: tuple[CustomerConfig, ...]) -> None:

@@ -389,6 +389,24 @@ class SeedDetector:
         """The series keys, in series order (a copy)."""
         return self._keys[: self._size].copy()
 
+    def expected(self, keys: np.ndarray) -> np.ndarray:
+        """The value each series is expected to take next: its current mean.
+
+        One float64 per key, in the order given; NaN for a key the detector does not know or
+        whose series has seen no finite point yet. The mean is what the band is centred on,
+        and it stays as it was while a series is outside its band (nothing is learned there).
+        """
+        keys = np.asarray(keys, dtype=np.uint64)
+        out = np.full(len(keys), np.nan)
+        if self._size == 0 or len(keys) == 0:
+            return out
+        positions = self._lookup(keys)
+        known = positions >= 0
+        at = positions[known]
+        state = self._state
+        out[known] = np.where(state.count[at] > 0, state.mean[at], np.nan)
+        return out
+
     def process(self, points: pd.DataFrame) -> list[Anomaly]:
         """Feed the series points of one or more consecutive minutes.
 

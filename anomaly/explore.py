@@ -1,8 +1,9 @@
-"""One series, read back from ClickHouse: its points, the detector's band, its anomalies."""
+"""One series, read back from ClickHouse: its points, the detector's band, its anomalies, and
+the ranking of finer slices that explains an anomaly of a coarse grouping."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from anomaly.config import Params
 from anomaly.detector import SeedDetector, floored_std
 from anomaly.errors import DatasetError
 from anomaly.queries import fetch_series
+from anomaly.records import Contribution, causes_from_json
 from anomaly.store import read_anomalies
 
 
@@ -69,6 +71,33 @@ def series_anomalies(
         & (frame["grouping"] == grouping)
         & (frame["dimension_values"] == dimension_values)
     ]
+
+
+def anomaly_near(anomalies: pd.DataFrame, minute: datetime | None) -> pd.Series | None:
+    """The anomaly (a row of :func:`series_anomalies`) closest in time to ``minute``: one open
+    then if any, else the one whose span is nearest; the first one when ``minute`` is None."""
+    if anomalies.empty:
+        return None
+    ordered = anomalies.sort_values("start_minute")
+    if minute is None:
+        return ordered.iloc[0]
+    at = pd.Timestamp(minute)
+    ends = ordered["end_minute"].fillna(pd.Timestamp.max)
+    before = (ordered["start_minute"] - at).dt.total_seconds().clip(lower=0)
+    after = (at - ends).dt.total_seconds().clip(lower=0)
+    distance = (before + after).to_numpy()
+    return ordered.iloc[int(distance.argmin())]
+
+
+CAUSE_COLUMNS = ["rank", *(name for name in Contribution.__dataclass_fields__)]
+
+
+def root_cause_table(anomaly: pd.Series | None) -> pd.DataFrame:
+    """An anomaly's stored ranking as a table, best first (empty when it has none)."""
+    causes = causes_from_json(anomaly["root_cause"]) if anomaly is not None else ()
+    table = pd.DataFrame([asdict(c) for c in causes], columns=CAUSE_COLUMNS[1:])
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from anomaly.config import CustomerConfig, Params
 from anomaly.detector import make_detector
 from anomaly.faults import trip
 from anomaly.queries import query_series, to_points
+from anomaly.rootcause import detect_and_explain, keep_causes
 from anomaly.store import (
     Retrying,
     connect,
@@ -129,12 +130,16 @@ class CustomerWorker:
         points = self._within_cap(batch.points, first)
         built = time.time()
 
-        updates = self.detector.process(points)
+        updates = detect_and_explain(
+            self.detector, points, self.customer, self.params.root_cause.top
+        )
         detected = time.time()
         trip(self.customer.name, first, last)
 
         # Anomalies, then progress, then the checkpoint: a crash anywhere re-processes the tick
         # from the previous checkpoint, and re-writing anomalies or progress is harmless.
+        updates = self.retrying("root cause read", keep_causes, self.client, self.database,
+                                self.run_id, self.customer, updates)  # fmt: skip
         self.retrying("anomaly write", write_anomalies, self.client, self.database, self.run_id,
                       self.engine, updates, detected)  # fmt: skip
         persisted_at = time.time()

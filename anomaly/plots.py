@@ -1,5 +1,6 @@
-"""The workbook's plots: lag over time, lag against skew, isolation factor, stage times, and
-one series with its band. Each returns the matplotlib Figure; titles, axes and legends set."""
+"""The workbook's plots: lag over time, lag against skew, isolation factor, stage times, one
+series with its band, and an anomaly's root-cause ranking. Each returns the matplotlib Figure;
+titles, axes and legends set."""
 
 from __future__ import annotations
 
@@ -137,5 +138,30 @@ def series_with_band(history: pd.DataFrame, anomalies: pd.DataFrame, title: str,
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+# Axis label of a ranking, by its measure (anomaly.records.SHARE, WEIGHTED_SHARE).
+_MEASURE_LABELS = {
+    "share": "share of the change (1 = all of it)",
+    "weighted_share": "deviation x share of events, over the change",
+}
+
+
+def root_cause_ranking(table: pd.DataFrame, title: str) -> Figure:
+    """An anomaly's ranked slices as horizontal bars, the best at the top."""
+    fig, ax = plt.subplots(figsize=(8, 0.5 * max(len(table), 2) + 1.5))
+    labels = [f"{g} = {v}" for g, v in zip(table["grouping"], table["dimension_values"],
+                                           strict=True)]  # fmt: skip
+    ax.barh(labels[::-1], table["contribution"].to_numpy()[::-1], color="tab:red", alpha=0.7)
+    if table.empty:
+        ax.text(0.5, 0.5, "no ranking: no finer slice moved with it", ha="center",
+                transform=ax.transAxes)  # fmt: skip
+    measures = set(table["measure"]) if len(table) else {"share"}
+    ax.set_title(title)
+    ax.set_xlabel(" / ".join(_MEASURE_LABELS.get(m, m) for m in sorted(measures)))
+    ax.set_ylabel("slice (grouping = values)")
+    ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig

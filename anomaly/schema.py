@@ -1,4 +1,5 @@
-"""The project's own tables, created idempotently (CREATE ... IF NOT EXISTS).
+"""The project's own tables, created idempotently (CREATE ... IF NOT EXISTS, and ADD COLUMN IF
+NOT EXISTS for columns added since a table was first made).
 
 Re-persisting is harmless everywhere: anomalies, progress and detector state are
 ReplacingMergeTree tables keyed so that writing the same row again replaces it.
@@ -13,7 +14,8 @@ from anomaly.sql import identifier
 
 _TABLES = {
     # One row per anomaly; a later version (the minute it was last updated) replaces earlier ones,
-    # so an anomaly is written when it opens and again when it ends.
+    # so an anomaly is written when it opens and again when it ends. root_cause is the ranking of
+    # finer slices as JSON (anomaly.records.causes_to_json), "" when there is none.
     "anomalies": """
         run_id String,
         engine LowCardinality(String),
@@ -31,7 +33,8 @@ _TABLES = {
         peak_score Float64,
         severity LowCardinality(String),
         persisted_at DateTime64(6, 'UTC'),
-        version UInt64
+        version UInt64,
+        root_cause String DEFAULT ''
     ) ENGINE = ReplacingMergeTree(version)
     ORDER BY (run_id, customer, metric, grouping, dimension_values, start_minute)""",
     # One row per customer-minute processed. Stage times are those of the whole tick that
@@ -101,10 +104,20 @@ _TABLES = {
 
 TABLES = tuple(_TABLES)
 
+# Columns added after their table's first release: ClickHouse folders made before get them on the
+# next start. Each is also in its table's CREATE above, in the same (last) position.
+_ADDED_COLUMNS = {
+    "anomalies": ("root_cause String DEFAULT ''",),
+}
+
 
 def ensure_schema(client: Any, database: str) -> None:
-    """Create the database and the project's tables where they do not exist yet."""
+    """Create the database and the project's tables where they do not exist yet, and add the
+    columns a table made by an earlier version lacks."""
     db = identifier(database, "database")
     client.command(f"CREATE DATABASE IF NOT EXISTS `{db}`")
     for table, body in _TABLES.items():
         client.command(f"CREATE TABLE IF NOT EXISTS `{db}`.`{table}` ({body}")
+    for table, columns in _ADDED_COLUMNS.items():
+        for column in columns:
+            client.command(f"ALTER TABLE `{db}`.`{table}` ADD COLUMN IF NOT EXISTS {column}")

@@ -250,6 +250,24 @@ def read_anomalies(client: Any, database: str, run_id: str) -> pd.DataFrame:
                  "customer, metric, grouping, dimension_values, start_minute")  # fmt: skip
 
 
+def read_root_causes(
+    client: Any, database: str, run_id: str, customer: str, since: datetime
+) -> dict[tuple[str, str, str, str, datetime], str]:
+    """The stored rankings of a customer's anomalies that started at ``since`` or later, by
+    :attr:`anomaly.records.Anomaly.key`; anomalies without one are left out."""
+    rows = client.query(
+        "SELECT metric, grouping, dimension_values, start_minute, root_cause "
+        "FROM {db:Identifier}.anomalies FINAL WHERE run_id = {run:String} "
+        "AND customer = {customer:String} AND start_minute >= {since:DateTime('UTC')} "
+        "AND root_cause != ''",
+        parameters={"db": database, "run": run_id, "customer": customer, "since": since},
+    ).result_rows
+    return {
+        (customer, metric, grouping, values, start.replace(tzinfo=None)): text
+        for metric, grouping, values, start, text in rows
+    }
+
+
 def read_progress(client: Any, database: str, run_id: str) -> pd.DataFrame:
     return _read(client, database, "progress", "run_id = {run:String}", {"run": run_id},
                  "customer, minute")  # fmt: skip

@@ -52,7 +52,8 @@ def test_missing_file_is_named(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    ("section", "key"), [("run", "minutess"), ("detector", "decai"), ("clickhouse", "host")]
+    ("section", "key"),
+    [("run", "minutess"), ("detector", "decai"), ("clickhouse", "host"), ("root_cause", "depth")],
 )
 def test_unknown_keys_are_named(raw: dict, section: str, key: str):
     raw[section][key] = 1
@@ -127,6 +128,7 @@ def test_aggregates_are_rebuilt_from_their_parts():
         ("dataset.heavy_customer", "nobody", "heavy_customer 'nobody'"),
         ("clickhouse.url", "ftp://x", "clickhouse.url"),
         ("clickhouse.database", "a-b", "clickhouse.database"),
+        ("root_cause.top", -1, "root_cause.top -1"),
     ],
 )
 def test_bad_values_are_named(key: str, value: object, message: str):

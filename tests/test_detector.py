@@ -377,6 +377,22 @@ def test_update_arrays_leaves_absent_series_untouched() -> None:
     assert list(events.opened) == [1]
 
 
+def test_expected_is_each_known_series_mean_and_nan_for_an_unknown_key() -> None:
+    detector = SeedDetector("shop", SETTINGS)
+    assert np.isnan(detector.expected(np.array([1], np.uint64))).all()
+    run(detector, stream(130, [1, 2]))
+    means = dict(zip(detector.series_keys.tolist(), detector.state.mean.tolist(), strict=True))
+
+    expected = detector.expected(np.array([2, 99, 1], np.uint64))
+    assert expected[0] == means[2] and np.isnan(expected[1]) and expected[2] == means[1]
+
+    # An outside-band point is not learned, so its series keeps its expectation; an in-band
+    # one moves it.
+    detector.process(points([(130, 1, 500.0), (130, 2, 100.5)]))
+    after = detector.expected(np.array([1, 2], np.uint64))
+    assert after[0] == means[1] and after[1] != means[2]
+
+
 # --- an independent scalar reference, compared on random streams --------------------------------
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from anomaly.config import ROOT, load_params
 from anomaly.job import run_job
+from anomaly.records import causes_from_json
+from anomaly.rootcause import coarse_groupings
 from anomaly.store import Store, read_anomalies, read_progress
 
 pytestmark = pytest.mark.engine
@@ -81,12 +83,32 @@ def test_spark_persists_the_same_anomalies_as_ray(params, ray_run, spark_run):
     assert list(ray_keyed.index) == list(spark_keyed.index)
     for column in ("value", "expected", "band_low", "band_high", "peak_score"):
         pd.testing.assert_series_equal(ray_keyed[column], spark_keyed[column], rtol=1e-9)
-    for column in ("end_minute", "detected_minute", "severity"):
+    for column in ("end_minute", "detected_minute", "severity", "root_cause"):
         assert list(ray_keyed[column]) == list(spark_keyed[column])
 
     minutes = ["customer", "minute", "phase"]
     assert ray_progress[minutes].equals(spark_progress[minutes])
     assert (spark_progress["engine"] == "spark").all()
+
+
+def test_a_coarse_anomaly_ranks_the_injected_slice_first_from_open_to_end(params, ray_run):
+    anomalies, _ = persisted(params, ray_run.plan.run_id)
+    shopfront = anomalies[anomalies["customer"] == "shopfront"]
+
+    # The injected spike is on device = mobile: the customer's total must put it first.
+    total = shopfront[(shopfront["metric"] == "events") & (shopfront["grouping"] == "all")]
+    assert len(total) >= 1
+    for text in total["root_cause"]:
+        top = causes_from_json(text)[0]
+        assert (top.grouping, top.dimension_values) == ("device", "mobile")
+        assert top.contribution > 0.8
+
+    # Every anomaly of a grouping with finer ones has a ranking, the ended ones too.
+    coarse = shopfront[shopfront["grouping"].isin(coarse_groupings(params.customer("shopfront")))]
+    assert coarse["end_minute"].notna().any()
+    assert (coarse["root_cause"] != "").all()
+    finest = shopfront[shopfront["grouping"] == "device+browser"]
+    assert (finest["root_cause"] == "").all()
 
 
 def test_spark_summary_matches_ray(ray_run, spark_run):
