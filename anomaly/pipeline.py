@@ -60,7 +60,9 @@ class CustomerWorker:
         self.database = params.clickhouse.database
         self._own_client = client is None
         self.client = client or connect(url, max_threads=params.clickhouse.max_threads)
-        self.detector = make_detector(customer.name, params.detector)
+        # The customer's own detector settings where its params entry has them.
+        self.settings = params.detector_for(customer)
+        self.detector = make_detector(customer.name, self.settings)
         self.last_minute: datetime | None = None
         self._last_checkpoint: datetime | None = None
         self._checkpoint_s = 0.0
@@ -74,7 +76,7 @@ class CustomerWorker:
             return None
         minute, kind, blob = saved
         detector_class = type(self.detector)
-        self.detector = detector_class.from_bytes(self.customer.name, self.params.detector, blob)
+        self.detector = detector_class.from_bytes(self.customer.name, self.settings, blob)
         self.last_minute = self._last_checkpoint = minute
         log.debug("customer %s restored %s state at %s", self.customer.name, kind, minute)
         return minute
@@ -148,7 +150,7 @@ class CustomerWorker:
         started = time.time()
         save_state(
             self.client, self.database, self.run_id, self.customer.name, last,
-            self.params.detector.kind, self.detector.series_count, self.detector.to_bytes(),
+            self.settings.kind, self.detector.series_count, self.detector.to_bytes(),
         )  # fmt: skip
         self._last_checkpoint = last
         self._checkpoint_s = time.time() - started
