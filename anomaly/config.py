@@ -89,6 +89,10 @@ class DetectorSettings:
     # excess of the series' recent excursions, which decays with this half-life (clock minutes).
     envelope_ratio: float = 1.5
     envelope_half_life_minutes: float = 10080.0
+    # An anomaly whose points stay outside the band this many points in a row re-bases the
+    # level (and the seasonal offset) on their mean, so even a large lasting shift ends soon;
+    # 0: never (the clipped learning still catches up, a few spreads a point).
+    rebase_minutes: int = 120
 
 
 @dataclass(frozen=True)
@@ -413,7 +417,7 @@ def _detector(mapping: Any, where: str = "detector") -> DetectorSettings:
     for key in ("band_sigmas", "tolerance_sigmas", "clip_sigmas", "season_minutes",
                 "envelope_half_life_minutes"):  # fmt: skip
         _positive(getattr(settings, key), f"{where}.{key}")
-    for key in ("warmup_minutes", "calm_minutes"):
+    for key in ("warmup_minutes", "calm_minutes", "rebase_minutes"):
         if getattr(settings, key) < 0:
             raise ConfigError(f"{where}.{key} {getattr(settings, key)!r} must be >= 0")
     if settings.min_std_fraction < 0:

@@ -46,7 +46,8 @@ class SeasonalState(ArrayState):
     point, with both knots around the minute seen). ``predicted`` is what the
     detector expected of the series' latest point before it saw it, ``last_seen`` that point's
     minute. ``excess`` is the current excursion's accumulated distance outside the band, in the
-    series' own units. Each model also measures its own excursions (``level_run``,
+    series' own units; ``shift`` is the mean of an open anomaly's latest run of outside points
+    and ``shift_points`` their number. Each model also measures its own excursions (``level_run``,
     ``season_run``, while no anomaly is open) and keeps the decayed largest of its recent ones
     (``level_envelope``, ``season_envelope``): what is normal for one model says nothing about
     the other (a level lags every daily ramp, a learned season does not). The anomaly fields are
@@ -65,6 +66,8 @@ class SeasonalState(ArrayState):
     first_seen: np.ndarray
     last_seen: np.ndarray
     excess: np.ndarray
+    shift: np.ndarray
+    shift_points: np.ndarray
     level_run: np.ndarray
     season_run: np.ndarray
     level_envelope: np.ndarray
@@ -96,6 +99,8 @@ class SeasonalState(ArrayState):
         "first_seen": (np.int64, NO_MINUTE, False),
         "last_seen": (np.int64, NO_MINUTE, False),
         "excess": (np.float64, 0.0, False),
+        "shift": (np.float64, 0.0, False),
+        "shift_points": (np.int32, 0, False),
         "level_run": (np.float64, 0.0, False),
         "season_run": (np.float64, 0.0, False),
         "level_envelope": (np.float64, 0.0, False),
@@ -233,6 +238,7 @@ def update_seasonal(
 
     _learn(state, x, ok, first, learn, outside, ready, seasonal, sd_level, sd_season, gaps,
            (i0, i1, w), (b0, b1, seen0, seen1), settings)  # fmt: skip
+    _rebase(state, x, ok, outside, opened, ready, b0 * (1.0 - w) + b1 * w, settings)
     state.predicted[...] = np.where(first, x, np.where(ok, predicted, state.predicted))
     state.count += ok
     state.season_count += ok & ready
@@ -342,19 +348,21 @@ def _learn(
     state.season_error[...] = np.where(mirror, state.level_error, state.season_error)
     state.season_skill[...] = np.where(mirror, state.level_skill, state.season_skill)
 
-    # The baseline learns the value less the offset, as a weighted average per knot until it
-    # has a season's worth, then renewing season_rate of itself per season.
+    # The level, and the offset once the season is known: a clipped step towards the point.
     target = x - state.offset
     moved = state.level + alpha * _clip(to_level, clip_level)
     state.level[...] = np.where(first, x, np.where(learn, moved, state.level))
     moved = state.offset + alpha * _clip(to_season, clip_season)
     state.offset[...] = np.where(learn & ready, moved, state.offset)
 
+    # The two knots learn the point less the offset, each by its share of the minute: a knot
+    # never seen takes the value, then averages it until it has a season's worth of weight,
+    # then renews season_rate of itself per season (clipped steps).
     i0, i1, w = where
     b0, b1, seen0, seen1 = knot_values
     known0 = np.where(seen0, b0, np.where(seen1, b1, target))
     known1 = np.where(seen1, b1, known0)
-    error = _clip(target - (known0 * (1.0 - w) + known1 * w), clip_season)
+    step = _clip(target - (known0 * (1.0 - w) + known1 * w), clip_season)
     slot_minutes = settings.season_minutes / settings.season_slots
     keep = 1.0 - settings.season_rate
     renew = _powers(gaps, learn, lambda gap: 1.0 - keep ** (gap / slot_minutes))
@@ -364,9 +372,36 @@ def _learn(
         weight = state.weight[:, knot] + np.where(ok, share, 0.0).astype(np.float32)
         gain = np.minimum(1.0, share * np.maximum(renew, 1.0 / np.maximum(weight, share)))
         column = state.baseline[:, knot]
-        moved = column + gain * error
+        moved = column + gain * step
         state.baseline[:, knot] = np.where(ok, np.where(seen, moved, target), column)
         state.weight[:, knot] = weight
+
+
+def _rebase(
+    state: SeasonalState,
+    x: np.ndarray,
+    ok: np.ndarray,
+    outside: np.ndarray,
+    opened: np.ndarray,
+    ready: np.ndarray,
+    base: np.ndarray,
+    settings: DetectorSettings,
+) -> None:
+    """Follow the mean of an open anomaly's consecutive outside points; after
+    ``rebase_minutes`` of them the level and the offset move onto it, so the next points are
+    inside and the anomaly ends after its calm points."""
+    running = state.is_open & outside
+    count = np.where(running, state.shift_points + 1, np.where(ok, 0, state.shift_points))
+    count = np.where(opened, 1, count).astype(np.int32)
+    mean = state.shift + (x - state.shift) / np.maximum(count, 1)
+    state.shift[...] = np.where(count == 1, x, np.where(running, mean, state.shift))
+    state.shift_points[...] = count
+    if settings.rebase_minutes <= 0:
+        return
+    at = running & (count >= settings.rebase_minutes)
+    state.level[...] = np.where(at, state.shift, state.level)
+    state.offset[...] = np.where(at & ready, state.shift - base, state.offset)
+    state.shift_points[...] = np.where(at, 0, state.shift_points)
 
 
 def _spread(error: np.ndarray, around: np.ndarray, settings: DetectorSettings) -> np.ndarray:
@@ -420,9 +455,11 @@ class SeasonalDetector(StreamingDetector[SeasonalState]):
       per season, with clipped residuals.
 
     Each model's spread is its decayed mean absolute error (rate ``spread_rate``, learned from
-    in-band points only), times sqrt(pi/2). The expected value is the seasonal model's once the
-    knots around the minute have been seen and its error is the smaller, else the level's: a
-    series without a daily pattern keeps the level, a seasonal one switches after its first day.
+    in-band points only), times sqrt(pi/2). The expected value is the level's until the series
+    has a season behind it and the seasonal model has been measured for ``warmup_minutes``
+    points; from then on it is the model with the smaller mean absolute error over about the
+    last season (all points, clipped): a series without a daily pattern keeps the level, a
+    seasonal one switches on its second day.
 
     Excursions and anomalies follow the seed's rules (band of ``band_sigmas`` spreads, excess
     accumulated over consecutive outside points, ``calm_minutes`` in-band points end an
@@ -432,8 +469,9 @@ class SeasonalDetector(StreamingDetector[SeasonalState]):
     of ``envelope_half_life_minutes``. So a series whose normal life has bursts (batch jobs,
     traffic spikes) alerts only on a burst larger than the ones it has lately had, and a
     repeated new pattern stops alerting once it has been seen. And learning goes on while an
-    anomaly is open (clipped), so a lasting level shift opens one anomaly that ends when the
-    level has caught up, instead of staying open.
+    anomaly is open (clipped), and after ``rebase_minutes`` consecutive outside points the level
+    re-bases on their mean, so a lasting level shift opens one anomaly that ends, instead of
+    staying open.
 
     Cost: about ``12 * season_slots + 190`` bytes a series (1.3 kB with 96 knots; a seed
     series takes about 100), and roughly twenty times the seed's time per point (measured at

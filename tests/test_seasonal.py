@@ -111,6 +111,24 @@ def test_a_level_shift_opens_one_anomaly_that_ends_once_the_level_is_learned() -
     assert len(seed.open_anomalies()) == 1
 
 
+def test_a_large_lasting_shift_re_bases_after_rebase_minutes_outside() -> None:
+    rng = np.random.default_rng(3)
+    values = 100.0 + rng.normal(0.0, 1.0, 1000)
+    values[400:] += 500.0  # far more than clipped learning catches up with in hours
+
+    rebased = make_detector("shop", SEASONAL)
+    records = rebased.process(one_series(values))
+    ((start, end),) = [(r.start_minute, r.end_minute) for r in records if r.end_minute]
+    assert minute_of(start) == 400
+    assert minute_of(end) == 400 + SEASONAL.rebase_minutes - 1  # its last outside point
+    assert rebased.open_anomalies() == []
+    assert rebased.expected(np.array([7], np.uint64))[0] == pytest.approx(600.0, abs=1.0)
+
+    never = make_detector("shop", replace(SEASONAL, rebase_minutes=0))
+    never.process(one_series(values))
+    assert len(never.open_anomalies()) == 1
+
+
 def test_bursts_like_recent_ones_do_not_alert_and_a_larger_one_does() -> None:
     values = np.zeros(3000)
     values[np.arange(300, 2800, 97)] = 50.0  # a normal burst every 97 minutes
