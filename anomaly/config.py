@@ -56,16 +56,43 @@ class ClickHouseSettings:
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    """Settings of the streaming detector (see anomaly.detector)."""
+    """Settings of the streaming detectors: ``seed`` (anomaly.detector) and ``seasonal``
+    (anomaly.seasonal). Counts of minutes are counts of a series' own points, as the detectors
+    see one point a minute; the seasonal detector's season and envelope are clock minutes."""
 
     kind: str = "seed"
+    # Seed only: the weight of the past in the decayed mean and variance, per point.
     decay: float = 0.99
+    # Both: a point further than this many spreads from the expected value is outside the band;
+    # an excursion opens an anomaly once its accumulated excess passes the tolerance.
     band_sigmas: float = 3.0
     tolerance_sigmas: float = 10.0
     warmup_minutes: int = 120
     calm_minutes: int = 5
     min_std_fraction: float = 0.01
     severity_sigmas: tuple[float, float] = (6.0, 12.0)
+
+    # Seasonal only. The season (a day, in clock minutes) and the knots of its baseline, which
+    # is linear between knots (96: one every 15 minutes).
+    season_minutes: int = 1440
+    season_slots: int = 96
+    # Share of a point's clipped residual that the level and the seasonal offset learn.
+    level_rate: float = 0.05
+    # Share of a knot's baseline renewed per season, once each knot has its first average.
+    season_rate: float = 0.3
+    # Weight of a point in the decayed mean absolute error that sets each model's spread.
+    spread_rate: float = 0.02
+    # Residuals beyond this many spreads are clipped before anything learns them, so one
+    # outlier moves the baseline little while a lasting level shift is learned step by step.
+    clip_sigmas: float = 3.0
+    # An excursion opens an anomaly only when its excess is also this many times the largest
+    # excess of the series' recent excursions, which decays with this half-life (clock minutes).
+    envelope_ratio: float = 1.5
+    envelope_half_life_minutes: float = 10080.0
+    # An anomaly whose points stay outside the band this many points in a row re-bases the
+    # level (and the seasonal offset) on their mean, so even a large lasting shift ends soon;
+    # 0: never (the clipped learning still catches up, a few spreads a point).
+    rebase_minutes: int = 120
 
 
 @dataclass(frozen=True)
@@ -142,6 +169,9 @@ class CustomerConfig:
     # Most series the detector keeps for this customer; series beyond it are not tracked
     # (a warning says how many), so a dimension with unbounded values cannot exhaust memory.
     max_series: int = 100_000
+    # This customer's detector settings when its params entry has a ``detector`` mapping (the
+    # global section with that mapping's keys replaced); None: the global settings.
+    detector: DetectorSettings | None = None
 
     @property
     def dimension_columns(self) -> tuple[str, ...]:
@@ -175,6 +205,12 @@ class Params:
     customers: tuple[CustomerConfig, ...]
     source: str = "<dict>"
     root_cause: RootCauseSettings = RootCauseSettings()
+
+    def detector_for(self, customer: CustomerConfig | str) -> DetectorSettings:
+        """The detector settings of a customer: its own where it has them, else the global."""
+        if isinstance(customer, str):
+            customer = self.customer(customer)
+        return customer.detector if customer.detector is not None else self.detector
 
     def customer(self, name: str) -> CustomerConfig:
         for customer in self.customers:
@@ -231,7 +267,8 @@ def params_from_dict(
             f"clickhouse.url {redact(clickhouse.url)!r} must start with chdb:, http:// or https://"
         )
 
-    detector = _detector(raw.get("detector") or {})
+    detector_raw = raw.get("detector") or {}
+    detector = _detector(detector_raw)
     run = _section(RunSettings, raw.get("run") or {}, "run")
     _positive(run.minutes, "run.minutes")
     _positive(run.speed, "run.speed")
@@ -248,7 +285,7 @@ def params_from_dict(
     customers_raw = raw.get("customers") or []
     if not isinstance(customers_raw, list):
         raise ConfigError("customers must be a list of customer mappings")
-    customers = tuple(_customer(c, i) for i, c in enumerate(customers_raw))
+    customers = tuple(_customer(c, i, detector_raw) for i, c in enumerate(customers_raw))
     names = [c.name for c in customers]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -378,23 +415,43 @@ def _positive(value: float, where: str) -> None:
         raise ConfigError(f"{where}: {value!r} must be greater than 0")
 
 
-def _detector(mapping: dict[str, Any]) -> DetectorSettings:
-    settings: DetectorSettings = _section(DetectorSettings, mapping, "detector")
-    if settings.kind not in ("seed",):
-        raise ConfigError(f"detector.kind {settings.kind!r} is not known; allowed: seed")
-    if not 0.0 < settings.decay < 1.0:
-        raise ConfigError(f"detector.decay {settings.decay!r} must be between 0 and 1 (exclusive)")
-    for key in ("band_sigmas", "tolerance_sigmas"):
-        _positive(getattr(settings, key), f"detector.{key}")
-    for key in ("warmup_minutes", "calm_minutes"):
+DETECTOR_KINDS = ("seed", "seasonal")
+
+
+def _detector(mapping: Any, where: str = "detector") -> DetectorSettings:
+    """Validated detector settings; ``where`` names the section in messages."""
+    settings: DetectorSettings = _section(DetectorSettings, mapping, where)
+    if settings.kind not in DETECTOR_KINDS:
+        raise ConfigError(
+            f"{where}.kind {settings.kind!r} is not known; allowed: {', '.join(DETECTOR_KINDS)}"
+        )
+    for key in ("decay", "level_rate", "spread_rate"):
+        value = getattr(settings, key)
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f"{where}.{key} {value!r} must be between 0 and 1 (exclusive)")
+    if not 0.0 < settings.season_rate <= 1.0:
+        raise ConfigError(f"{where}.season_rate {settings.season_rate!r} must be in (0, 1]")
+    for key in ("band_sigmas", "tolerance_sigmas", "clip_sigmas", "season_minutes",
+                "envelope_half_life_minutes"):  # fmt: skip
+        _positive(getattr(settings, key), f"{where}.{key}")
+    for key in ("warmup_minutes", "calm_minutes", "rebase_minutes"):
         if getattr(settings, key) < 0:
-            raise ConfigError(f"detector.{key} {getattr(settings, key)!r} must be >= 0")
+            raise ConfigError(f"{where}.{key} {getattr(settings, key)!r} must be >= 0")
     if settings.min_std_fraction < 0:
-        raise ConfigError(f"detector.min_std_fraction {settings.min_std_fraction!r} must be >= 0")
+        raise ConfigError(f"{where}.min_std_fraction {settings.min_std_fraction!r} must be >= 0")
+    if settings.envelope_ratio < 0:
+        raise ConfigError(
+            f"{where}.envelope_ratio {settings.envelope_ratio!r} must be >= 0 (0: no envelope)"
+        )
+    if not 1 <= settings.season_slots <= settings.season_minutes:
+        raise ConfigError(
+            f"{where}.season_slots {settings.season_slots!r} must be between 1 and "
+            f"season_minutes ({settings.season_minutes!r})"
+        )
     low, high = (settings.severity_sigmas + (0.0, 0.0))[:2]
     if len(settings.severity_sigmas) != 2 or not 0 < low < high:
         raise ConfigError(
-            f"detector.severity_sigmas {list(settings.severity_sigmas)!r} must be two "
+            f"{where}.severity_sigmas {list(settings.severity_sigmas)!r} must be two "
             "increasing positive numbers [major, critical]"
         )
     return settings
@@ -457,11 +514,11 @@ def _injected(raw: Any, index: int) -> InjectedAnomaly:
 
 _CUSTOMER_KEYS = {
     "name", "table", "time_column", "customer_column", "dimensions", "metrics", "min_group_size",
-    "max_series",
+    "max_series", "detector",
 }  # fmt: skip
 
 
-def _customer(raw: Any, index: int) -> CustomerConfig:
+def _customer(raw: Any, index: int, detector_raw: Any) -> CustomerConfig:
     where = f"customers[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping, got {raw!r}")
@@ -508,9 +565,18 @@ def _customer(raw: Any, index: int) -> CustomerConfig:
     max_series = _coerce(raw.get("max_series", 100_000), 100_000, f"{where}.max_series")
     if max_series < 1:
         raise ConfigError(f"{where}: max_series {max_series!r} must be >= 1")
+
+    # Its own detector keys replace the global section's, and the result is checked as a whole.
+    detector = None
+    if raw.get("detector") is not None:
+        own = raw["detector"]
+        if not isinstance(own, dict):
+            raise ConfigError(f"{where} detector must be a mapping of detector keys, got {own!r}")
+        base = detector_raw if isinstance(detector_raw, dict) else {}
+        detector = _detector({**base, **own}, f"{where} detector")
     return CustomerConfig(
         name, table, time_column, customer_column, tuple(groupings), metrics, min_group_size,
-        max_series,
+        max_series, detector,
     )  # fmt: skip
 
 

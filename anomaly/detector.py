@@ -1,7 +1,10 @@
-"""The streaming detector: per-series decayed statistics, a health band and accumulated excess.
+"""The streaming detectors' shared machinery, and the seed detector: per-series decayed
+statistics, a health band and accumulated excess.
 
 One detector holds the state of every series of one customer and updates all of them at once
-with numpy; :func:`update_arrays` is the bare update, :class:`SeedDetector` adds series matching.
+with numpy. :class:`StreamingDetector` matches points to series, keeps labels and persists the
+state; a detector kind adds its per-series arrays and their one-minute update (here
+:func:`update_arrays` for the seed, anomaly.seasonal for the seasonal detector).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import struct
 import zlib
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -49,8 +52,49 @@ _REQUIRED_COLUMNS = ("minute", "series_key", "value")
 _LABEL_COLUMNS = ("metric", "grouping", "dimension_values")
 
 
+class ArrayState:
+    """Per-series arrays (structure of arrays) of a detector kind: axis 0 is the series.
+
+    Subclasses are dataclasses whose fields are all arrays; these are the fields every kind has,
+    which describe an anomaly as it was when it opened (minutes as in :class:`SeriesState`).
+    """
+
+    peak: np.ndarray
+    run_start: np.ndarray
+    last_out: np.ndarray
+    is_open: np.ndarray
+    detected: np.ndarray
+    value: np.ndarray
+    expected: np.ndarray
+    band_low: np.ndarray
+    band_high: np.ndarray
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    def take(self, index: np.ndarray) -> Self:
+        """A copy holding the series at ``index``, in that order."""
+        return type(self)(**{name: array[index] for name, array in self.arrays().items()})
+
+    def put(self, index: np.ndarray | slice, part: Self) -> None:
+        """Write ``part`` (as made by :meth:`take` with the same index) back in place."""
+        for name, array in self.arrays().items():
+            array[index] = getattr(part, name)
+
+    def head(self, size: int) -> Self:
+        """Views of the first ``size`` series (writes go through to this state)."""
+        return type(self)(**{name: array[:size] for name, array in self.arrays().items()})
+
+    @property
+    def nbytes(self) -> int:
+        return sum(array.nbytes for array in self.arrays().values())
+
+
+StateT = TypeVar("StateT", bound=ArrayState)
+
+
 @dataclass
-class SeriesState:
+class SeriesState(ArrayState):
     """Per-series arrays of the seed algorithm, one element per series (structure of arrays).
 
     Minutes are int64 nanoseconds since the epoch, :data:`NO_MINUTE` when unset. ``count`` is
@@ -100,26 +144,6 @@ class SeriesState:
         return cls(
             **{name: np.full(size, init, dtype) for name, (dtype, init) in cls.LAYOUT.items()}
         )
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def take(self, index: np.ndarray) -> SeriesState:
-        """A copy holding the series at ``index``, in that order."""
-        return SeriesState(**{name: array[index] for name, array in self.arrays().items()})
-
-    def put(self, index: np.ndarray | slice, part: SeriesState) -> None:
-        """Write ``part`` (as made by :meth:`take` with the same index) back in place."""
-        for name, array in self.arrays().items():
-            array[index] = getattr(part, name)
-
-    def head(self, size: int) -> SeriesState:
-        """Views of the first ``size`` series (writes go through to this state)."""
-        return SeriesState(**{name: array[:size] for name, array in self.arrays().items()})
-
-    @property
-    def nbytes(self) -> int:
-        return sum(array.nbytes for array in self.arrays().values())
 
 
 @dataclass(frozen=True)
@@ -302,41 +326,19 @@ def severity(peak_score: float, settings: DetectorSettings) -> str:
     return "critical"
 
 
-class SeedDetector:
-    """The seed algorithm over every series of one customer.
-
-    Per series: an exponentially decayed mean and variance (``mean <- d*mean + (1-d)*x`` and
-    the matching decayed variance), a band of ``band_sigmas`` standard deviations around the
-    mean, the standard deviation floored at ``min_std_fraction * |mean|`` and at
-    :data:`STD_EPSILON`.
-
-    Semantics, where the seed left a choice:
-
-    - Warm-up counts the series' own finite points: a series scores its point only after it
-      has seen ``warmup_minutes`` of them (at least one, so there is a mean), so a series first
-      seen late warms up from then. During warm-up every finite point is learned.
-    - After warm-up, a point outside the band is never learned, whether or not an anomaly is
-      open yet. Learning from a pending excursion would pull the mean towards it and widen the
-      band with its squared distance, so a level shift of a few standard deviations would argue
-      itself back inside before the excess reached the tolerance; and a lone outlier would
-      inflate the variance for about 1/(1-d) minutes and blind the band. Slow drift still moves
-      the mean through its in-band points. The cost: a permanent level shift is never learned,
-      so its anomaly stays open (the same holds for the seed once an anomaly is open); a rule
-      that re-bases a series after a long open anomaly would fix that.
-    - While an anomaly is open nothing is learned, including its calm points.
-    - An anomaly ends at the ``calm_minutes``-th consecutive in-band point (the first in-band
-      point when it is 0); its ``end_minute`` is the minute of its last outside-band point, so
-      the anomaly spans exactly the minutes the series was out, not the calm tail.
-    - Missing, NaN and inf values are not points: they change nothing, do not count for warm-up
-      and do not interrupt a calm run or an excursion.
+class StreamingDetector(Generic[StateT]):
+    """What every detector kind shares: series matching, labels, records and persistence.
 
     ``process`` takes the series points of one or more minutes; each minute must be newer than
     the last one processed. Series are identified by ``series_key``; a new key gets its state
     (in key order, so the state does not depend on row order) and keeps its metric, grouping
-    and dimension values for the anomaly records.
+    and dimension values for the anomaly records. A kind gives its per-series arrays
+    (:meth:`_empty_state`), their update for one minute (:meth:`_update`, element-wise, so any
+    subset or order of series gives the same bits) and what it expects of a series
+    (:meth:`_expected_at`).
     """
 
-    kind: ClassVar[str] = "seed"
+    kind: ClassVar[str]
 
     def __init__(self, customer: str, settings: DetectorSettings) -> None:
         if settings.kind != self.kind:
@@ -347,7 +349,7 @@ class SeedDetector:
         self.customer = customer
         self.settings = settings
         self._size = 0
-        self._state = SeriesState.empty(0)
+        self._state = self._empty_state(0)
         self._keys = np.empty(0, np.uint64)
         self._labels = np.empty((0, 3), np.int32)
         self._last_minute: int | None = None
@@ -380,7 +382,7 @@ class SeedDetector:
         return None if self._last_minute is None else _to_datetime(self._last_minute)
 
     @property
-    def state(self) -> SeriesState:
+    def state(self) -> StateT:
         """Views of the live per-series arrays, in series order (for inspection)."""
         return self._state.head(self._size)
 
@@ -390,11 +392,12 @@ class SeedDetector:
         return self._keys[: self._size].copy()
 
     def expected(self, keys: np.ndarray) -> np.ndarray:
-        """The value each series is expected to take next: its current mean.
+        """The value each series is expected to take, one float64 per key in the order given;
+        NaN for a key the detector does not know or whose series has no point yet.
 
-        One float64 per key, in the order given; NaN for a key the detector does not know or
-        whose series has seen no finite point yet. The mean is what the band is centred on,
-        and it stays as it was while a series is outside its band (nothing is learned there).
+        For the seed detector it is the series' mean, which stays as it was while a series is
+        outside its band (nothing is learned there); for the seasonal one, what it expected of
+        the series' latest point before seeing it.
         """
         keys = np.asarray(keys, dtype=np.uint64)
         out = np.full(len(keys), np.nan)
@@ -402,9 +405,7 @@ class SeedDetector:
             return out
         positions = self._lookup(keys)
         known = positions >= 0
-        at = positions[known]
-        state = self._state
-        out[known] = np.where(state.count[at] > 0, state.mean[at], np.nan)
+        out[known] = self._expected_at(positions[known])
         return out
 
     def process(self, points: pd.DataFrame) -> list[Anomaly]:
@@ -497,7 +498,7 @@ class SeedDetector:
         return b"".join(parts)
 
     @classmethod
-    def from_bytes(cls, customer: str, settings: DetectorSettings, blob: bytes) -> SeedDetector:
+    def from_bytes(cls, customer: str, settings: DetectorSettings, blob: bytes) -> Self:
         """Rebuild a detector from :meth:`to_bytes` output.
 
         Raises
@@ -529,6 +530,20 @@ class SeedDetector:
         detector._restore(header, payload)
         return detector
 
+    # --- what a kind gives -----------------------------------------------------------------
+
+    def _empty_state(self, size: int) -> StateT:
+        """Arrays of ``size`` series that have seen nothing."""
+        raise NotImplementedError
+
+    def _update(self, state: StateT, values: np.ndarray, minute: int) -> MinuteEvents:
+        """Feed one minute's values (aligned with ``state``, NaN: no point) in place."""
+        raise NotImplementedError
+
+    def _expected_at(self, at: np.ndarray) -> np.ndarray:
+        """What the series at positions ``at`` are expected to take (see :meth:`expected`)."""
+        raise NotImplementedError
+
     # --- one minute -----------------------------------------------------------------------
 
     def _process_minute(
@@ -549,10 +564,10 @@ class SeedDetector:
         if len(positions) >= DENSE_MIN_SHARE * size:
             aligned = np.full(size, np.nan)
             aligned[positions] = values
-            events = update_arrays(live, aligned, minute, self.settings)
+            events = self._update(live, aligned, minute)
         else:
             part = live.take(positions)
-            events = update_arrays(part, values, minute, self.settings)
+            events = self._update(part, values, minute)
             live.put(positions, part)
             events = _reindex(events, positions)
         self._last_minute = minute
@@ -686,7 +701,7 @@ class SeedDetector:
         if size <= capacity:
             return
         capacity = max(size, 2 * capacity, 1024)
-        grown = SeriesState.empty(capacity)
+        grown = self._empty_state(capacity)
         grown.head(self._size).put(slice(None), self._state.head(self._size))
         self._state = grown
         self._keys = _grow(self._keys, capacity, self._size)
@@ -719,7 +734,10 @@ class SeedDetector:
             "series_key": self._keys[:size],
             "labels": self._labels[:size].ravel(),
         }
-        arrays.update({name: array[:size] for name, array in self._state.arrays().items()})
+        # Arrays of more than one value per series (a seasonal profile) are kept row by row.
+        arrays.update(
+            {name: array[:size].reshape(-1) for name, array in self._state.arrays().items()}
+        )
         arrays["strings"] = np.frombuffer(bytes(self._string_bytes), dtype=np.uint8)
         arrays["string_ends"] = self._string_ends
         return {
@@ -754,9 +772,10 @@ class SeedDetector:
         if offset != len(payload):
             raise DatasetError("detector state has bytes after its last array")
 
-        # Series arrays must have one element per series, labels three codes per series.
-        for name in ("series_key", *SeriesState.LAYOUT):
-            if len(arrays[name]) != size:
+        # Series arrays must have their values per series, labels three codes per series.
+        shapes = {name: array.shape[1:] for name, array in self._empty_state(0).arrays().items()}
+        for name, shape in {"series_key": (), **shapes}.items():
+            if len(arrays[name]) != size * int(np.prod(shape)):
                 raise DatasetError(f"detector state array {name!r} does not hold {size} series")
         if len(arrays["labels"]) != 3 * size:
             raise DatasetError(f"detector state labels do not hold {size} series")
@@ -772,7 +791,9 @@ class SeedDetector:
         self._reserve(size)
         self._keys[:size] = keys
         self._labels[:size] = labels
-        restored = SeriesState(**{name: arrays[name] for name in SeriesState.LAYOUT})
+        restored = type(self._state)(
+            **{name: arrays[name].reshape(size, *shape) for name, shape in shapes.items()}
+        )
         self._state.head(size).put(slice(None), restored)
         self._size = size
         self._main_index, self._main_size, self._tail_index = index, size, None
@@ -799,9 +820,59 @@ class SeedDetector:
         self._string_ends = ends.copy()
 
 
-def make_detector(customer: str, settings: DetectorSettings) -> SeedDetector:
+class SeedDetector(StreamingDetector[SeriesState]):
+    """The seed algorithm over every series of one customer.
+
+    Per series: an exponentially decayed mean and variance (``mean <- d*mean + (1-d)*x`` and
+    the matching decayed variance), a band of ``band_sigmas`` standard deviations around the
+    mean, the standard deviation floored at ``min_std_fraction * |mean|`` and at
+    :data:`STD_EPSILON`.
+
+    Semantics, where the seed left a choice:
+
+    - Warm-up counts the series' own finite points: a series scores its point only after it
+      has seen ``warmup_minutes`` of them (at least one, so there is a mean), so a series first
+      seen late warms up from then. During warm-up every finite point is learned.
+    - After warm-up, a point outside the band is never learned, whether or not an anomaly is
+      open yet. Learning from a pending excursion would pull the mean towards it and widen the
+      band with its squared distance, so a level shift of a few standard deviations would argue
+      itself back inside before the excess reached the tolerance; and a lone outlier would
+      inflate the variance for about 1/(1-d) minutes and blind the band. Slow drift still moves
+      the mean through its in-band points. The cost: a permanent level shift is never learned,
+      so its anomaly stays open (the same holds for the seed once an anomaly is open); a rule
+      that re-bases a series after a long open anomaly would fix that.
+    - While an anomaly is open nothing is learned, including its calm points.
+    - An anomaly ends at the ``calm_minutes``-th consecutive in-band point (the first in-band
+      point when it is 0); its ``end_minute`` is the minute of its last outside-band point, so
+      the anomaly spans exactly the minutes the series was out, not the calm tail.
+    - Missing, NaN and inf values are not points: they change nothing, do not count for warm-up
+      and do not interrupt a calm run or an excursion.
+    """
+
+    kind: ClassVar[str] = "seed"
+
+    def _empty_state(self, size: int) -> SeriesState:
+        return SeriesState.empty(size)
+
+    def _update(self, state: SeriesState, values: np.ndarray, minute: int) -> MinuteEvents:
+        return update_arrays(state, values, minute, self.settings)
+
+    def _expected_at(self, at: np.ndarray) -> np.ndarray:
+        """The mean the band is centred on (it stays as it was while a series is outside its
+        band, where nothing is learned); NaN before a series' first point."""
+        state = self._state
+        return np.where(state.count[at] > 0, state.mean[at], np.nan)
+
+
+def make_detector(customer: str, settings: DetectorSettings) -> StreamingDetector[Any]:
     """The detector ``settings.kind`` names, with empty state, for ``customer``."""
-    kinds = {SeedDetector.kind: SeedDetector}
+    # Imported here: the seasonal module builds on this one.
+    from anomaly.seasonal import SeasonalDetector
+
+    kinds: dict[str, type[StreamingDetector[Any]]] = {
+        SeedDetector.kind: SeedDetector,
+        SeasonalDetector.kind: SeasonalDetector,
+    }
     if settings.kind not in kinds:
         raise ConfigError(
             f"detector kind {settings.kind!r} is not known; allowed: {', '.join(sorted(kinds))}"

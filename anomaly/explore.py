@@ -12,7 +12,7 @@ import pandas as pd
 
 from anomaly.config import Params
 from anomaly.detector import SeedDetector, floored_std
-from anomaly.errors import DatasetError
+from anomaly.errors import ConfigError, DatasetError
 from anomaly.queries import fetch_series
 from anomaly.records import Contribution, causes_from_json
 from anomaly.store import read_anomalies
@@ -26,9 +26,16 @@ def series_band(
 
     Replays the series alone through a fresh detector with the run's settings (the detector
     is deterministic and a series' state depends only on its own points), recording the mean
-    and band before each point.
+    and band before each point. Only the seed detector's band is drawn: a customer whose
+    settings pick another kind raises ConfigError.
     """
     config = params.customer(customer)
+    settings = params.detector_for(config)
+    if settings.kind != SeedDetector.kind:
+        raise ConfigError(
+            f"customer {customer!r} uses the {settings.kind!r} detector; series_band draws "
+            f"only the {SeedDetector.kind!r} detector's band"
+        )
     points = fetch_series(client, config, params.clickhouse.database, first, last).points
     mine = points[
         (points["metric"] == metric)
@@ -36,17 +43,17 @@ def series_band(
         & (points["dimension_values"] == dimension_values)
     ].sort_values("minute")
 
-    detector = SeedDetector(customer, params.detector)
+    detector = SeedDetector(customer, settings)
     rows = []
     for _, point in mine.iterrows():  # one series: a row per minute is fine here
         state = detector.state
         if detector.series_count:
             mean, var = state.mean[:1], state.var[:1]
-            sd = floored_std(mean, var, params.detector)
+            sd = floored_std(mean, var, settings)
             expected = float(mean[0])
-            low = expected - params.detector.band_sigmas * float(sd[0])
-            high = expected + params.detector.band_sigmas * float(sd[0])
-            warm = int(state.count[0]) >= params.detector.warmup_minutes
+            low = expected - settings.band_sigmas * float(sd[0])
+            high = expected + settings.band_sigmas * float(sd[0])
+            warm = int(state.count[0]) >= settings.warmup_minutes
         else:
             expected, low, high, warm = np.nan, np.nan, np.nan, False
         rows.append({"minute": point["minute"], "value": point["value"],

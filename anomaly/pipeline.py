@@ -81,7 +81,9 @@ class CustomerWorker:
         self.database = params.clickhouse.database
         self._own_client = client is None
         self.client = client or connect(url, max_threads=params.clickhouse.max_threads)
-        self.detector = make_detector(customer.name, params.detector)
+        # The customer's own detector settings where its params entry has them.
+        self.settings = params.detector_for(customer)
+        self.detector = make_detector(customer.name, self.settings)
         self.retrying = Retrying(customer.name, params.run.retry_seconds)
         self.untracked_series = 0
         self._cap_warned = False
@@ -99,7 +101,7 @@ class CustomerWorker:
             return None
         minute, kind, blob = saved
         detector_class = type(self.detector)
-        self.detector = detector_class.from_bytes(self.customer.name, self.params.detector, blob)
+        self.detector = detector_class.from_bytes(self.customer.name, self.settings, blob)
         self.last_minute = self._last_checkpoint = minute
         log.debug("customer %s restored %s state at %s", self.customer.name, kind, minute)
         return minute
@@ -180,7 +182,7 @@ class CustomerWorker:
         started = time.time()
         self.retrying(
             "checkpoint", save_state, self.client, self.database, self.run_id,
-            self.customer.name, last, self.params.detector.kind, self.detector.series_count,
+            self.customer.name, last, self.settings.kind, self.detector.series_count,
             self.detector.to_bytes(),
         )  # fmt: skip
         self._last_checkpoint = last

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly.config import CustomerConfig, grouping_name
-from anomaly.detector import SeedDetector
+from anomaly.detector import StreamingDetector
 from anomaly.records import (
     ALL_GROUPING,
     GROUPING_SEPARATOR,
@@ -162,7 +162,7 @@ def coarse_groupings(customer: CustomerConfig) -> frozenset[str]:
 
 
 def detect_and_explain(
-    detector: SeedDetector, points: pd.DataFrame, customer: CustomerConfig, top: int
+    detector: StreamingDetector[Any], points: pd.DataFrame, customer: CustomerConfig, top: int
 ) -> list[Anomaly]:
     """Feed ``points`` to ``detector`` a minute at a time and rank each opened anomaly's causes.
 

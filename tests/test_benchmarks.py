@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from anomaly.config import ROOT
-from benchmarks import bench_engines, bench_load
+from benchmarks import bench_engines, bench_load, bench_quality
+
+SHARED_NAB = ROOT.parent / "shared" / "data" / "nab"
 
 pytestmark = pytest.mark.engine
 
@@ -73,3 +75,39 @@ def test_bench_load_reports_rates_and_keeps_the_second_load(tmp_path, capsys):
         assert row["loaded_rows"] == row["rows"]
         assert row["second_load_kept"] is True
     assert skewed["rows"] > default["rows"]
+
+
+@pytest.mark.skipif(
+    not SHARED_NAB.is_dir(),
+    reason=f"the NAB extract is not here ({SHARED_NAB}); users supply their own NAB path",
+)
+def test_bench_quality_scores_every_kind_on_nab_and_the_demo(tmp_path, capsys):
+    path = tmp_path / "quality.json"
+    arguments = ["--nab-path", str(SHARED_NAB), "--demo-minutes", "50", "--json", str(path)]
+    bench_quality.main(arguments)
+    output = capsys.readouterr().out
+
+    table = printed_table(output, "detector")
+    assert [row["detector"] for row in table] == ["seed", "seasonal"]
+    figures = json.loads(path.read_text())
+    assert figures["nab"]["files"] == 23 and figures["nab"]["windows"] > 20
+    for kind in ("seed", "seasonal"):
+        nab = figures["nab"]["detectors"][kind]
+        assert math.isfinite(nab["score"]) and nab["score"] <= 100
+        assert 0 <= nab["recall"] <= 1 and 0 <= nab["precision"] <= 1
+        assert len(nab["files"]) == 23
+        demo = figures["demo"]["detectors"][kind]
+        assert demo["labels"] >= 1 and 0 <= demo["recall"] <= 1
+    # The seasonal detector is the stronger one on NAB (the seed is the baseline row).
+    detectors = figures["nab"]["detectors"]
+    assert detectors["seasonal"]["score"] > detectors["seed"]["score"]
+
+
+def test_bench_quality_without_a_nab_folder_says_so_and_goes_on(tmp_path, capsys):
+    absent = tmp_path / "no-nab-here"
+    figures = bench_quality.main(["--nab-path", str(absent), "--no-demo", "--detector", "seed"])
+    output = capsys.readouterr().out
+
+    assert f"NAB folder {str(absent)!r} not found: NAB figures skipped" in output
+    assert figures["nab"] is None and figures["demo"] is None
+    assert [row["detector"] for row in printed_table(output, "detector")] == ["seed"]

@@ -152,3 +152,66 @@ def test_duplicate_customers_are_rejected(raw: dict):
     raw["customers"].append(copy.deepcopy(raw["customers"][0]))
     with pytest.raises(ConfigError, match="repeated"):
         params_from_dict(raw)
+
+
+# --- detector kinds and per-customer detector settings -------------------------------------------
+
+
+def test_the_seasonal_kind_is_chosen_globally_with_documented_defaults():
+    params = load_params(overrides={"detector.kind": "seasonal"})
+    assert params.detector.kind == "seasonal"
+    assert params.detector.season_minutes == 1440 and params.detector.season_slots == 96
+    # The seed's keys keep their values from the file.
+    assert params.detector.band_sigmas == 3.0 and params.detector.decay == 0.99
+    assert all(params.detector_for(c) == params.detector for c in params.customers)
+
+
+def test_a_customer_detector_mapping_replaces_only_its_keys(raw: dict):
+    raw = with_customer(raw, detector={"kind": "seasonal", "band_sigmas": 4})
+    params = params_from_dict(raw)
+
+    first, second = params.customers[0], params.customers[1]
+    own = params.detector_for(first)
+    assert (own.kind, own.band_sigmas) == ("seasonal", 4.0)
+    assert own.tolerance_sigmas == params.detector.tolerance_sigmas == 10.0
+    assert params.detector_for(second.name) is params.detector
+    assert params.detector.kind == "seed"
+
+
+def test_a_customer_inherits_global_overrides_it_does_not_set(raw: dict):
+    raw = with_customer(raw, detector={"kind": "seasonal"})
+    params = params_from_dict(raw, {"detector.warmup_minutes": 30})
+    assert params.detector_for(params.customers[0]).warmup_minutes == 30
+
+
+@pytest.mark.parametrize(
+    ("detector", "message"),
+    [
+        ({"kind": "forest"}, r"customer 'shopfront' detector.kind 'forest' is not known; "
+                             r"allowed: seed, seasonal"),
+        ({"band_sigma": 3}, r"customer 'shopfront' detector: unknown key\(s\) 'band_sigma'; "
+                            r"allowed: .*band_sigmas"),
+        ({"season_slots": 0}, r"detector.season_slots 0 must be between 1 and season_minutes"),
+        ({"level_rate": 1.5}, r"detector.level_rate 1.5 must be between 0 and 1"),
+        ({"envelope_ratio": -1}, r"detector.envelope_ratio -1.0 must be >= 0"),
+        ({"season_minutes": "daily"}, r"detector.season_minutes: 'daily' is not a valid int"),
+        (["kind", "seasonal"], r"customer 'shopfront' detector must be a mapping"),
+    ],
+)  # fmt: skip
+def test_bad_customer_detector_settings_are_named(raw: dict, detector, message: str):
+    with pytest.raises(ConfigError, match=message):
+        params_from_dict(with_customer(raw, detector=detector))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("detector.season_rate", 0, "detector.season_rate 0.0 must be in"),
+        ("detector.clip_sigmas", 0, "detector.clip_sigmas: 0.0 must be greater than 0"),
+        ("detector.envelope_half_life_minutes", -5, "envelope_half_life_minutes: -5.0"),
+        ("detector.season_slots", 2000, "season_slots 2000 must be between 1 and"),
+    ],
+)
+def test_bad_seasonal_values_are_named(key: str, value: object, message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_params(overrides={key: value})

@@ -17,6 +17,7 @@ from anomaly.config import DetectorSettings
 from anomaly.detector import STD_EPSILON, SeedDetector, make_detector, update_arrays
 from anomaly.errors import ConfigError, DatasetError
 from anomaly.records import POINT_COLUMNS, Anomaly
+from anomaly.seasonal import SeasonalDetector
 
 START = datetime(2026, 1, 5)
 SETTINGS = DetectorSettings(warmup_minutes=120, calm_minutes=5)
@@ -357,8 +358,9 @@ def test_corrupt_or_foreign_state_raises_a_clear_error() -> None:
 
 
 def test_make_detector_picks_by_kind() -> None:
-    assert isinstance(make_detector("shop", SETTINGS), SeedDetector)
-    with pytest.raises(ConfigError, match="'forest' is not known; allowed: seed"):
+    assert type(make_detector("shop", SETTINGS)) is SeedDetector
+    assert type(make_detector("shop", replace(SETTINGS, kind="seasonal"))) is SeasonalDetector
+    with pytest.raises(ConfigError, match="'forest' is not known; allowed: seasonal, seed"):
         make_detector("shop", replace(SETTINGS, kind="forest"))
 
 
