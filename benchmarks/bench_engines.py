@@ -38,9 +38,6 @@ FIRST_MINUTE = datetime(2026, 1, 5)
 DATABASE = "anomaly"
 # Simulated seconds a minute waits for late data, as in params/default.yaml.
 DATA_DELAY_SECONDS = 5.0
-# Ray's actors start after run_ray makes its clock; the first minute is held back by this many
-# times the measured actor start-up, so that lag shows the steady per-minute cost.
-RAY_LEAD_FACTOR = 1.5
 MIB = 1024 * 1024
 # The stage timings a task records in the progress table (seconds, per customer and tick).
 TASK_STAGES = ("restore_s", "query_s", "series_s", "detect_s", "persist_s")
@@ -58,8 +55,8 @@ class Bench:
     rounds: int
     cpus: int
 
-    def params(self, count: int, delay: float = DATA_DELAY_SECONDS) -> Params:
-        return idle_params(count, self.config_url, self.minutes, self.speed, delay)
+    def params(self, count: int) -> Params:
+        return idle_params(count, self.config_url, self.minutes, self.speed, DATA_DELAY_SECONDS)
 
 
 def idle_params(count: int, url: str, minutes: int, speed: float, delay: float) -> Params:
@@ -179,9 +176,8 @@ def measure_ray(bench: Bench, count: int) -> dict[str, float]:
             ray.kill(actor, no_restart=True)
         psutil.wait_procs(processes, timeout=30)
 
-        lead = RAY_LEAD_FACTOR * actors_s
-        replay = bench.params(count, DATA_DELAY_SECONDS + lead * bench.speed)
-        result, progress = idle_replay(bench, replay, "ray")
+        # run_ray has every actor up before its clock starts, so lag is the steady cost.
+        result, progress = idle_replay(bench, bench.params(count), "ray")
     finally:
         ray.shutdown()
 
@@ -193,7 +189,6 @@ def measure_ray(bench: Bench, count: int) -> dict[str, float]:
         "ray_actors_ready_s": actors_s,
         "ray_actor_rss_mib": statistics.fmean(m.rss / MIB for m in memory),
         "ray_actor_uss_mib": statistics.fmean(m.uss / MIB for m in memory),
-        "ray_lead_s": lead,
         "ray_unfinished": len(result.unfinished),
     }
 
