@@ -10,6 +10,7 @@ spread to other customers is synchronisation, not CPU contention.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -125,17 +126,23 @@ def isolation_table(lags: pd.DataFrame, heavy: str) -> pd.DataFrame:
 
 class CpuSampler:
     """Samples the machine's CPU use once a second while a run goes on (percent of all cores),
-    and its memory in use (bytes), whose peak tells what the run's processes held at most."""
+    its memory in use (bytes), whose peak tells what the run's processes held at most, and
+    optionally the CPU of some processes (percent of one core, summed), each sample timed so a
+    part of the run can be read apart (:meth:`mean_between`)."""
 
-    def __init__(self, interval: float = 1.0):
+    def __init__(self, interval: float = 1.0, pids: Iterable[int] = ()):
         self.interval = interval
+        self.times: list[float] = []
         self.samples: list[float] = []
         self.memory_samples: list[int] = []
+        self.process_samples: list[float] = []
+        self._processes = [psutil.Process(pid) for pid in pids]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def __enter__(self) -> CpuSampler:
         psutil.cpu_percent()
+        self._process_percent()
         self._thread.start()
         return self
 
@@ -152,10 +159,26 @@ class CpuSampler:
         """The most memory in use on the machine at any sample (bytes); 0 before a sample."""
         return max(self.memory_samples, default=0)
 
+    def mean_between(self, start: float, end: float, processes: bool = False) -> float:
+        """Mean of the samples taken from ``start`` to ``end`` (epoch seconds): the machine's
+        CPU, or with ``processes`` the given processes'; NaN when none fall inside."""
+        series = self.process_samples if processes else self.samples
+        inside = [v for t, v in zip(self.times, series, strict=False) if start <= t <= end]
+        return sum(inside) / len(inside) if inside else float("nan")
+
+    def _process_percent(self) -> float:
+        total = 0.0
+        for process in self._processes:
+            with contextlib.suppress(psutil.Error):
+                total += process.cpu_percent()
+        return total
+
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
+            self.times.append(time.time())
             self.samples.append(psutil.cpu_percent())
             self.memory_samples.append(psutil.virtual_memory().used)
+            self.process_samples.append(self._process_percent())
 
 
 def _variant(params: Params, heavy: str, skew: float, mode: str, unit_cost: float) -> Params:
