@@ -88,31 +88,43 @@ def lag_verdict(lags: pd.DataFrame, expected: int, limits: Limits) -> dict[str, 
     }
 
 
-def probe(
-    engine: str, params: Params, client: Any, cpus: int, reports: Path, limits: Limits
-) -> dict[str, Any]:
-    """One replay of ``params`` on ``engine``; its lag verdict, CPU, memory and Spark ticks."""
+@dataclass(frozen=True)
+class ProbeSetup:
+    """Where probes run: the ClickHouse they read back from, its endpoint's process (whose CPU
+    is sampled), the engines' parallelism and a folder for the runs' summaries."""
+
+    client: Any
+    endpoint_pid: int | None
+    cpus: int
+    reports: Path
+
+
+def probe(engine: str, params: Params, setup: ProbeSetup, limits: Limits) -> dict[str, Any]:
+    """One replay of ``params`` on ``engine``; its lag verdict, CPU, memory and Spark ticks.
+
+    CPU figures cover the replay only (from the first minute's processable time to the last
+    persist), not the workers' start-up: the machine's use in percent of all cores, and the
+    ClickHouse endpoint's in cores (where this run started it).
+    """
     count = len(params.customers)
     before = psutil.virtual_memory().used
     started = time.perf_counter()
-    with CpuSampler(interval=0.5) as sampler:
-        outcome = run_job(
-            params,
-            engine,
-            cpus=cpus,
-            reports=reports,
-            progress=True,
-            run_id=f"capacity-{engine}-{count}-{uuid.uuid4().hex[:6]}",
-        )
+    pids = [setup.endpoint_pid] if setup.endpoint_pid is not None else []
+    with CpuSampler(interval=0.5, pids=pids) as sampler:
+        outcome = run_job(params, engine, cpus=setup.cpus, reports=setup.reports, progress=True,
+                          run_id=f"capacity-{engine}-{count}-{uuid.uuid4().hex[:6]}")  # fmt: skip
     wall_s = time.perf_counter() - started
     _wait_for_actors(outcome.engine.details.get("actors", []))
 
-    progress = read_progress(client, params.clickhouse.database, outcome.plan.run_id)
+    progress = read_progress(setup.client, params.clickhouse.database, outcome.plan.run_id)
+    lags = lag_frame(progress)
+    window = (lags["processable_at"].min().timestamp(), lags["persisted_at"].max().timestamp())
     row: dict[str, Any] = {
         "engine": engine,
         "customers": count,
-        **lag_verdict(lag_frame(progress), count * params.run.minutes, limits),
-        "cpu_percent": sampler.mean,
+        **lag_verdict(lags, count * params.run.minutes, limits),
+        "cpu_percent": sampler.mean_between(*window),
+        "endpoint_cores": sampler.mean_between(*window, processes=True) / 100 if pids else None,
         "memory_per_customer_mib": max(sampler.peak_memory - before, 0) / count / MIB,
         "wall_s": wall_s,
     }
@@ -124,15 +136,9 @@ def probe(
 
 
 def search(
-    engine: str,
-    counts: Sequence[int],
-    make_params: Callable[[int], Params],
-    client: Any,
-    cpus: int,
-    reports: Path,
-    limits: Limits,
-    say: Callable[[str], None] = print,
-) -> dict[str, Any]:
+    engine: str, counts: Sequence[int], make_params: Callable[[int], Params],
+    setup: ProbeSetup, limits: Limits, say: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
     """Probe ``counts`` in increasing order until one lags or a cap stops the search.
 
     When the first count already lags, halve it until a count keeps up (or 1 lags too), so the
@@ -150,7 +156,7 @@ def search(
             if capped is not None:
                 stop = capped
                 break
-        row = probe(engine, make_params(count), client, cpus, reports, limits)
+        row = probe(engine, make_params(count), setup, limits)
         probes.append(row)
         say(
             f"engines: {engine} with {count} customers "
@@ -171,7 +177,7 @@ def search(
         "engine": engine,
         "most_customers": best,
         "stopped_by": stop,
-        "limit": _limit(engine, stop, probes, cpus, limits),
+        "limit": _limit(stop, probes, setup.cpus, limits),
         "probes": probes,
         "wall_s": time.perf_counter() - started,
     }
@@ -196,7 +202,7 @@ def _cap(last: dict[str, Any], count: int, elapsed: float, limits: Limits) -> st
     return None
 
 
-def _limit(engine: str, stop: str, probes: list[dict[str, Any]], cpus: int, limits: Limits) -> str:
+def _limit(stop: str, probes: list[dict[str, Any]], cpus: int, limits: Limits) -> str:
     """What held the engine back, in a sentence, from the probe that lagged or the cap."""
     lagged = [p for p in probes if not p["kept_up"]]
     if stop == "lag" and lagged:
@@ -212,11 +218,19 @@ def _limit(engine: str, stop: str, probes: list[dict[str, Any]], cpus: int, limi
                     f"work spread over {cpus} slots "
                     f"is {work:.2f} s; the rest is the Spark job itself"
                 )
+        endpoint = (
+            f"; the ClickHouse endpoint alone used {worst['endpoint_cores']:.2f} of {cpus} cores"
+            if worst.get("endpoint_cores") is not None
+            else ""
+        )
         if worst["cpu_percent"] >= CPU_BOUND_PERCENT:
-            return f"CPU: the machine was {worst['cpu_percent']:.0f} % busy at {n} customers"
+            return (
+                f"CPU: the machine was {worst['cpu_percent']:.0f} % busy during the replay at "
+                f"{n} customers{endpoint}"
+            )
         return (
-            f"lag at {n} customers with the machine {worst['cpu_percent']:.0f} % busy: neither "
-            "CPU-bound nor scheduling-bound by these measures"
+            f"lag at {n} customers with the machine {worst['cpu_percent']:.0f} % busy{endpoint}: "
+            "neither CPU-bound nor scheduling-bound by these measures"
         )
     last = probes[-1] if probes else None
     if stop == "memory cap" and last is not None:

@@ -263,13 +263,13 @@ def run_engines(context: Context) -> dict[str, Any]:
     capacity = []
     with Store(make_params(1).clickhouse) as store:
         client = store.client()
+        setup = bench_capacity.ProbeSetup(client, store.endpoint_pid, context.cpus,
+                                          context.folder / "capacity" / "reports")  # fmt: skip
         for engine in ("ray", "spark"):
             context.say(f"engines: customers {engine} keeps without lag at {size.speed:g}x ...")
             with bench_engines.engine_session(engine, context.cpus):
-                found = bench_capacity.search(
-                    engine, size.capacity_customers, make_params, client, context.cpus,
-                    context.folder / "capacity" / "reports", limits, context.say,
-                )  # fmt: skip
+                found = bench_capacity.search(engine, size.capacity_customers, make_params,
+                                              setup, limits, context.say)  # fmt: skip
             capacity.append(found)
             context.say(
                 f"engines: {engine} keeps {found['most_customers']} customers; "

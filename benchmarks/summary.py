@@ -30,6 +30,7 @@ OVERHEAD_COLUMNS: Columns = [
 CAPACITY_COLUMNS: Columns = [
     ("engine", "engine"), ("customers", "N"), ("kept_up", "kept up"), ("lag_p50_s", "lag p50 s"),
     ("lag_p95_s", "lag p95 s"), ("lag_growth_s", "growth s"), ("cpu_percent", "CPU %"),
+    ("endpoint_cores", "ClickHouse cores"),
     ("memory_per_customer_mib", "MiB per customer"), ("tick_p50_s", "tick p50 s"),
     ("wall_s", "wall s"),
 ]  # fmt: skip

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from anomaly.config import REPORTS_ENV, ROOT
+from anomaly.experiment import CpuSampler
 from benchmarks import bench_capacity, bench_engines, bench_load
 
 
@@ -197,7 +198,7 @@ def fake_probes(monkeypatch, most: int) -> list[int]:
     """Probes that keep up up to ``most`` customers; returns the counts probed, in order."""
     probed: list[int] = []
 
-    def probe(engine, count, client, cpus, reports, limits):
+    def probe(engine, count, setup, limits):
         probed.append(count)
         return {"engine": engine, "customers": count, "kept_up": count <= most, "lag_p50_s": 0.1,
                 "lag_p95_s": 0.2, "lag_growth_s": 0.0, "cpu_percent": 99.0,
@@ -220,8 +221,19 @@ def test_customer_search_stops_at_the_first_lag_and_looks_below_a_first_count_th
     monkeypatch, most, probed, found
 ):
     seen = fake_probes(monkeypatch, most)
-    result = bench_capacity.search("ray", [8, 16, 32, 50, 64], lambda n: n, None, 2, ROOT,
-                                   LIMITS, say=lambda line: None)  # fmt: skip
+    setup = bench_capacity.ProbeSetup(client=None, endpoint_pid=None, cpus=2, reports=ROOT)
+    result = bench_capacity.search("ray", [8, 16, 32, 50, 64], lambda n: n, setup, LIMITS,
+                                   say=lambda line: None)  # fmt: skip
     assert seen == probed
     assert result["most_customers"] == found
     assert result["stopped_by"] == ("end of the list" if most >= 64 else "lag")
+
+
+def test_cpu_sampler_reads_the_samples_of_a_window_only():
+    sampler = CpuSampler(pids=[os.getpid()])
+    sampler.times = [1.0, 2.0, 3.0, 4.0]
+    sampler.samples = [100.0, 40.0, 60.0, 0.0]
+    sampler.process_samples = [10.0, 20.0, 30.0, 40.0]
+    assert sampler.mean_between(2.0, 3.0) == 50.0
+    assert sampler.mean_between(2.0, 4.0, processes=True) == 30.0
+    assert math.isnan(sampler.mean_between(5.0, 6.0))
