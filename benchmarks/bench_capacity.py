@@ -107,7 +107,8 @@ def probe(engine: str, params: Params, setup: ProbeSetup, limits: Limits) -> dic
     ClickHouse endpoint's in cores (where this run started it).
     """
     count = len(params.customers)
-    before = psutil.virtual_memory().used
+    memory = psutil.virtual_memory()
+    before = memory.used
     started = time.perf_counter()
     pids = [setup.endpoint_pid] if setup.endpoint_pid is not None else []
     with CpuSampler(interval=0.5, pids=pids) as sampler:
@@ -126,6 +127,7 @@ def probe(engine: str, params: Params, setup: ProbeSetup, limits: Limits) -> dic
         "cpu_percent": sampler.mean_between(*window),
         "endpoint_cores": sampler.mean_between(*window, processes=True) / 100 if pids else None,
         "memory_per_customer_mib": max(sampler.peak_memory - before, 0) / count / MIB,
+        "memory_available_mib": memory.available / MIB,
         "wall_s": wall_s,
     }
     ticks = [t["seconds"] for t in outcome.engine.details.get("ticks", [])]
@@ -223,10 +225,15 @@ def _limit(stop: str, probes: list[dict[str, Any]], cpus: int, limits: Limits) -
             if worst.get("endpoint_cores") is not None
             else ""
         )
+        memory = (
+            f"; memory was not the limit: {n} customers added "
+            f"{worst['memory_per_customer_mib'] * n / 1024:.1f} GiB, with "
+            f"{worst['memory_available_mib'] / 1024:.1f} GiB available before"
+        )
         if worst["cpu_percent"] >= CPU_BOUND_PERCENT:
             return (
                 f"CPU: the machine was {worst['cpu_percent']:.0f} % busy during the replay at "
-                f"{n} customers{endpoint}"
+                f"{n} customers{endpoint}{memory}"
             )
         return (
             f"lag at {n} customers with the machine {worst['cpu_percent']:.0f} % busy{endpoint}: "

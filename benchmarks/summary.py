@@ -31,7 +31,7 @@ CAPACITY_COLUMNS: Columns = [
     ("engine", "engine"), ("customers", "N"), ("kept_up", "kept up"), ("lag_p50_s", "lag p50 s"),
     ("lag_p95_s", "lag p95 s"), ("lag_growth_s", "growth s"), ("cpu_percent", "CPU %"),
     ("endpoint_cores", "ClickHouse cores"),
-    ("memory_per_customer_mib", "MiB per customer"), ("tick_p50_s", "tick p50 s"),
+    ("memory_per_customer_mib", "memory added / N MiB"), ("tick_p50_s", "tick p50 s"),
     ("wall_s", "wall s"),
 ]  # fmt: skip
 SCALING_COLUMNS: Columns = [
@@ -203,7 +203,10 @@ def _engines(engines: dict[str, Any]) -> list[str]:
         f"less than {rule['growth_limit_s']:g} s. The search stops at the first N that lags "
         "(halving below the first N when that one lags), or before a probe expected to end "
         f"past {rule['budget_s']:g} s per engine or to need {rule['memory_fraction']:.0%} of "
-        "the available memory.",
+        "the available memory. CPU: the machine's, over the replay alone (not the start-up), "
+        "and the embedded ClickHouse endpoint's in cores. Memory added: the machine's peak "
+        "during the probe above its use before, over N (Ray: mostly its actors; Spark: mostly "
+        "its Python workers, so not a cost per customer).",
         "",
         table(probes, CAPACITY_COLUMNS),
         "",

@@ -194,15 +194,16 @@ def test_missing_minutes_do_not_keep_up():
     assert verdict["kept_up"] is False
 
 
-def fake_probes(monkeypatch, most: int) -> list[int]:
-    """Probes that keep up up to ``most`` customers; returns the counts probed, in order."""
+def fake_probes(monkeypatch, most: int, **figures: float) -> list[int]:
+    """Probes that keep up up to ``most`` customers, with ``figures`` beside the usual ones;
+    returns the counts probed, in order."""
     probed: list[int] = []
 
     def probe(engine, count, setup, limits):
         probed.append(count)
         return {"engine": engine, "customers": count, "kept_up": count <= most, "lag_p50_s": 0.1,
-                "lag_p95_s": 0.2, "lag_growth_s": 0.0, "cpu_percent": 99.0,
-                "memory_per_customer_mib": 1.0, "wall_s": 1.0}  # fmt: skip
+                "lag_p95_s": 0.2, "lag_growth_s": 0.0, "cpu_percent": 99.0, "wall_s": 1.0,
+                "memory_per_customer_mib": 1.0, "memory_available_mib": 1e4, **figures}  # fmt: skip
 
     monkeypatch.setattr(bench_capacity, "probe", probe)
     return probed
@@ -227,6 +228,23 @@ def test_customer_search_stops_at_the_first_lag_and_looks_below_a_first_count_th
     assert seen == probed
     assert result["most_customers"] == found
     assert result["stopped_by"] == ("end of the list" if most >= 64 else "lag")
+
+
+@pytest.mark.parametrize(
+    ("figures", "limit"),
+    [
+        ({"tick_p50_s": 0.9, "task_work_per_tick_s": 0.2}, "per-tick scheduling"),
+        ({"tick_p50_s": 0.9, "task_work_per_tick_s": 1.6}, "CPU"),
+        ({"endpoint_cores": 0.9}, "CPU"),
+        ({"cpu_percent": 50.0}, "lag at 16 customers"),
+    ],
+)
+def test_customer_search_says_what_held_the_engine_back(monkeypatch, figures, limit):
+    fake_probes(monkeypatch, 8, **figures)
+    setup = bench_capacity.ProbeSetup(client=None, endpoint_pid=None, cpus=2, reports=ROOT)
+    result = bench_capacity.search("spark", [8, 16], lambda n: n, setup, LIMITS,
+                                   say=lambda line: None)  # fmt: skip
+    assert result["limit"].startswith(limit)
 
 
 def test_cpu_sampler_reads_the_samples_of_a_window_only():
