@@ -143,7 +143,7 @@ def test_benchmark_command_at_smoke_size_writes_every_section_with_sane_figures(
         (engine, skew) for engine in ("ray", "spark") for skew in (1.0, 4.0)
     }
     for row in rows:
-        for key in ("rows_per_minute", "cost_s", "cost_vs_skew1", "rows_per_s"):
+        for key in ("rows_per_minute", "cost_s", "cost_vs_skew1", "rows_per_s", "cost_over_others"):
             assert is_finite_ratio(row[key]), key
     heavy = {row["skew"]: row["rows_per_minute"] for row in rows if row["engine"] == "ray"}
     assert heavy[4.0] > 2 * heavy[1.0]
