@@ -10,11 +10,12 @@ spread to other customers is synchronisation, not CPU contention.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ from anomaly.summary import lag_frame, to_markdown
 log = logging.getLogger(__name__)
 
 STAGES = ["restore_s", "query_s", "series_s", "detect_s", "persist_s", "checkpoint_s"]
+# The stages that make a minute's work, the per-minute cost (restore and checkpoint are not per
+# minute: a Ray actor restores once, and a checkpoint follows a tick, whatever its length).
+MINUTE_STAGES = ("query_s", "series_s", "detect_s", "persist_s")
 
 
 @dataclass
@@ -57,6 +61,7 @@ def run_sweep(
     cpus: int = 2,
     reports: Path | None = None,
     progress: bool = True,
+    on_run: Callable[[dict[str, object]], None] | None = None,
 ) -> Sweep:
     """Run every engine at every skew factor on the same dataset; collect lags and stages.
 
@@ -65,6 +70,8 @@ def run_sweep(
     mode:
         ``compute``: the heavy customer has skew x the events. ``wait``: it has the same
         events but waits (skew - 1) x its skew-1 per-minute cost in every tick.
+    on_run:
+        Called with each run's row of :attr:`Sweep.runs` as soon as the run ends.
     """
     if mode not in ("compute", "wait"):
         raise ValueError(f"mode {mode!r} is not known; allowed: compute, wait")
@@ -89,10 +96,12 @@ def run_sweep(
             frame["wait_s_per_minute"] = run_params.run.wait_seconds_per_minute
             frame["heavy"] = frame["customer"] == heavy
             if skew == 1.0:
-                costs.append(_per_minute_cost(frame[frame["heavy"]]))
+                costs.append(per_minute_cost(frame[frame["heavy"]]))
             lags.append(frame)
             runs.append(_run_row(outcome, engine, skew, mode, heavy, frame, cpu.mean))
             outcomes.append(outcome)
+            if on_run is not None:
+                on_run(runs[-1])
 
     return Sweep(heavy, mode, pd.concat(lags, ignore_index=True), pd.DataFrame(runs), outcomes)
 
@@ -116,16 +125,24 @@ def isolation_table(lags: pd.DataFrame, heavy: str) -> pd.DataFrame:
 
 
 class CpuSampler:
-    """Samples the machine's CPU use once a second while a run goes on (percent of all cores)."""
+    """Samples the machine's CPU use once a second while a run goes on (percent of all cores),
+    its memory in use (bytes), whose peak tells what the run's processes held at most, and
+    optionally the CPU of some processes (percent of one core, summed), each sample timed so a
+    part of the run can be read apart (:meth:`mean_between`)."""
 
-    def __init__(self, interval: float = 1.0):
+    def __init__(self, interval: float = 1.0, pids: Iterable[int] = ()):
         self.interval = interval
+        self.times: list[float] = []
         self.samples: list[float] = []
+        self.memory_samples: list[int] = []
+        self.process_samples: list[float] = []
+        self._processes = [psutil.Process(pid) for pid in pids]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def __enter__(self) -> CpuSampler:
         psutil.cpu_percent()
+        self._process_percent()
         self._thread.start()
         return self
 
@@ -137,9 +154,31 @@ class CpuSampler:
     def mean(self) -> float:
         return sum(self.samples) / len(self.samples) if self.samples else float("nan")
 
+    @property
+    def peak_memory(self) -> int:
+        """The most memory in use on the machine at any sample (bytes); 0 before a sample."""
+        return max(self.memory_samples, default=0)
+
+    def mean_between(self, start: float, end: float, processes: bool = False) -> float:
+        """Mean of the samples taken from ``start`` to ``end`` (epoch seconds): the machine's
+        CPU, or with ``processes`` the given processes'; NaN when none fall inside."""
+        series = self.process_samples if processes else self.samples
+        inside = [v for t, v in zip(self.times, series, strict=False) if start <= t <= end]
+        return sum(inside) / len(inside) if inside else float("nan")
+
+    def _process_percent(self) -> float:
+        total = 0.0
+        for process in self._processes:
+            with contextlib.suppress(psutil.Error):
+                total += process.cpu_percent()
+        return total
+
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
+            self.times.append(time.time())
             self.samples.append(psutil.cpu_percent())
+            self.memory_samples.append(psutil.virtual_memory().used)
+            self.process_samples.append(self._process_percent())
 
 
 def _variant(params: Params, heavy: str, skew: float, mode: str, unit_cost: float) -> Params:
@@ -161,12 +200,16 @@ def _lags(outcome: JobOutcome) -> pd.DataFrame:
     return lag_frame(progress)
 
 
-def _per_minute_cost(heavy: pd.DataFrame) -> float:
-    """Median seconds of work per minute of the heavy customer (its ticks' stages / minutes)."""
-    ticks = heavy.drop_duplicates("tick_first_minute")
+def per_minute_cost(minutes: pd.DataFrame, stages: Iterable[str] = MINUTE_STAGES) -> float:
+    """Median seconds of work per minute of one customer: its ticks' ``stages`` / minutes.
+
+    ``minutes`` holds the customer's replayed minutes as :func:`anomaly.summary.lag_frame`
+    gives them (a tick of several minutes repeats its stage times on each of its rows).
+    """
+    ticks = minutes.drop_duplicates("tick_first_minute")
     if ticks.empty:
         return 0.0
-    work = ticks[["query_s", "series_s", "detect_s", "persist_s"]].sum(axis=1)
+    work = ticks[list(stages)].sum(axis=1)
     return float((work / ticks["tick_minutes"]).median())
 
 

@@ -175,6 +175,11 @@ class Store:
     def client(self) -> Any:
         return connect(self.url, max_threads=self.settings.max_threads)
 
+    @property
+    def endpoint_pid(self) -> int | None:
+        """The process id of the embedded endpoint this store started (None otherwise)."""
+        return self._endpoint.pid if self._endpoint is not None else None
+
 
 # --- writing ------------------------------------------------------------------------------
 

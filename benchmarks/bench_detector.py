@@ -16,6 +16,7 @@ import math  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
 from dataclasses import replace  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -156,6 +157,94 @@ def memory_of(workload: Workload, settings: DetectorSettings) -> int:
     return held
 
 
+def measure(
+    series: int, minutes: int, python_series: int, python_minutes: int, warmup: int, seed: int
+) -> dict[str, Any]:
+    """Every figure of this benchmark for one synthetic customer; rates in series-updates/s.
+
+    The first minute (every series new) is timed apart from the rest, which is the steady
+    state a running detector lives in. Memory is per 1000 series, in KiB.
+    """
+    settings = replace(DetectorSettings(), warmup_minutes=warmup)
+    updates = series * (minutes - 1)
+
+    shuffled, first_s, shuffled_s, anomalies = run_process(
+        Workload(series, seed), settings, minutes, shuffle_each_minute=True
+    )
+    bare_s, bare = run_bare(Workload(series, seed), settings, minutes)
+    same = all(
+        np.array_equal(getattr(shuffled.state, name), array)
+        for name, array in bare.state.arrays().items()
+    )
+    repeated, _, repeated_s, _ = run_process(
+        Workload(series, seed), settings, minutes, shuffle_each_minute=False
+    )
+    python_s = run_python(Workload(python_series, seed), settings, python_minutes)
+
+    # Memory: the per-series arrays, everything the detector holds, and its checkpoint.
+    per_k = 1000 / series / 1024
+    arrays = shuffled.state.nbytes + shuffled.series_count * (8 + 12)
+    held = memory_of(Workload(series, seed), settings)
+    started = time.perf_counter()
+    blob = shuffled.to_bytes()
+    save_s = time.perf_counter() - started
+    started = time.perf_counter()
+    SeedDetector.from_bytes("bench", settings, blob)
+    load_s = time.perf_counter() - started
+
+    return {
+        "series": series,
+        "minutes": minutes,
+        "bare_updates_per_s": updates / bare_s,
+        "process_updates_per_s": updates / repeated_s,
+        "process_ratio": bare_s / repeated_s,
+        "shuffled_updates_per_s": updates / shuffled_s,
+        "shuffled_ratio": bare_s / shuffled_s,
+        "first_minute_updates_per_s": series / first_s,
+        "python_series": python_series,
+        "python_updates_per_s": python_series * python_minutes / python_s,
+        "anomaly_records": anomalies,
+        "same_state": same,
+        "arrays_kib_per_1000_series": arrays * per_k,
+        "held_kib_per_1000_series": held * per_k,
+        "checkpoint_kib_per_1000_series": len(blob) * per_k,
+        "checkpoint_save_ms": save_s * 1e3,
+        "checkpoint_load_ms": load_s * 1e3,
+    }
+
+
+def report(figures: dict[str, Any]) -> str:
+    """The printed report: one line per rate, then memory and the checkpoint's cost."""
+
+    def rate(key: str) -> str:
+        return f"{figures[key] / 1e6:7.2f} M series-updates/s"
+
+    lines = [
+        f"seed detector, {figures['series']} series x {figures['minutes']} minutes, one core",
+        f"  numpy {np.__version__}, pandas {pd.__version__}; first minute timed apart",
+    ]
+    rows = [
+        ("(a) bare update_arrays", rate("bare_updates_per_s"), ""),
+        ("(b) process, rows reshuffled", rate("shuffled_updates_per_s"),
+         f"(b)/(a) = {figures['shuffled_ratio']:.2f}"),
+        ("    process, same row order", rate("process_updates_per_s"),
+         f"ratio   = {figures['process_ratio']:.2f}"),
+        ("    first minute (new series)", rate("first_minute_updates_per_s"), ""),
+        (f"    plain Python, {figures['python_series']} series", rate("python_updates_per_s"), ""),
+    ]  # fmt: skip
+    lines += [f"{label:<34}{figure}   {note}" for label, figure, note in rows]
+    lines += [
+        f"anomaly records {figures['anomaly_records']}; bare and full paths reach the same "
+        f"state: {figures['same_state']}",
+        f"memory per 1000 series: arrays {figures['arrays_kib_per_1000_series']:.1f} KiB, all "
+        f"held {figures['held_kib_per_1000_series']:.1f} KiB, checkpoint "
+        f"{figures['checkpoint_kib_per_1000_series']:.1f} KiB",
+        f"checkpoint: to_bytes {figures['checkpoint_save_ms']:.1f} ms, from_bytes "
+        f"{figures['checkpoint_load_ms']:.1f} ms",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--series", type=int, default=200_000, help="series of the customer")
@@ -165,53 +254,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="warm-up minutes of the detector")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    settings = replace(DetectorSettings(), warmup_minutes=args.warmup)
-    updates = args.series * (args.minutes - 1)
-
-    def rate(seconds: float, count: int = updates) -> str:
-        return f"{count / seconds / 1e6:7.2f} M series-updates/s"
-
-    print(f"seed detector, {args.series} series x {args.minutes} minutes, one core")
-    print(f"  numpy {np.__version__}, pandas {pd.__version__}; first minute timed apart")
-
-    shuffled, first_s, shuffled_s, anomalies = run_process(
-        Workload(args.series, args.seed), settings, args.minutes, shuffle_each_minute=True
-    )
-    bare_s, bare = run_bare(Workload(args.series, args.seed), settings, args.minutes)
-    same = all(
-        np.array_equal(getattr(shuffled.state, name), array)
-        for name, array in bare.state.arrays().items()
-    )
-    repeated, _, repeated_s, _ = run_process(
-        Workload(args.series, args.seed), settings, args.minutes, shuffle_each_minute=False
-    )
-    python_s = run_python(Workload(args.python_series, args.seed), settings, args.python_minutes)
-
-    python_updates = args.python_series * args.python_minutes
-    lines = [
-        ("(a) bare update_arrays", rate(bare_s), ""),
-        ("(b) process, rows reshuffled", rate(shuffled_s), f"(b)/(a) = {bare_s / shuffled_s:.2f}"),
-        ("    process, same row order", rate(repeated_s), f"ratio   = {bare_s / repeated_s:.2f}"),
-        ("    first minute (new series)", rate(first_s, args.series), ""),
-        (f"    plain Python, {args.python_series} series", rate(python_s, python_updates), ""),
-    ]
-    for label, figure, note in lines:
-        print(f"{label:<34}{figure}   {note}")
-    print(f"anomaly records {anomalies}; bare and full paths reach the same state: {same}")
-
-    # Memory: the per-series arrays, everything the detector holds, and its checkpoint.
-    per_k = 1000 / args.series
-    arrays = shuffled.state.nbytes + shuffled.series_count * (8 + 12)
-    held = memory_of(Workload(args.series, args.seed), settings)
-    started = time.perf_counter()
-    blob = shuffled.to_bytes()
-    save_s = time.perf_counter() - started
-    started = time.perf_counter()
-    SeedDetector.from_bytes("bench", settings, blob)
-    load_s = time.perf_counter() - started
-    print(f"memory per 1000 series: arrays {arrays * per_k / 1024:.1f} KiB, ", end="")
-    print(f"all held {held * per_k / 1024:.1f} KiB, checkpoint {len(blob) * per_k / 1024:.1f} KiB")
-    print(f"checkpoint: to_bytes {save_s * 1e3:.1f} ms, from_bytes {load_s * 1e3:.1f} ms")
+    figures = measure(args.series, args.minutes, args.python_series, args.python_minutes,
+                      args.warmup, args.seed)  # fmt: skip
+    print(report(figures))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,9 +39,6 @@ FIRST_MINUTE = datetime(2026, 1, 5)
 DATABASE = "anomaly"
 # Simulated seconds a minute waits for late data, as in params/default.yaml.
 DATA_DELAY_SECONDS = 5.0
-# Ray's actors start after run_ray makes its clock; the first minute is held back by this many
-# times the measured actor start-up, so that lag shows the steady per-minute cost.
-RAY_LEAD_FACTOR = 1.5
 MIB = 1024 * 1024
 # The stage timings a task records in the progress table (seconds, per customer and tick).
 TASK_STAGES = ("restore_s", "query_s", "series_s", "detect_s", "persist_s")
@@ -58,8 +56,8 @@ class Bench:
     rounds: int
     cpus: int
 
-    def params(self, count: int, delay: float = DATA_DELAY_SECONDS) -> Params:
-        return idle_params(count, self.config_url, self.minutes, self.speed, delay)
+    def params(self, count: int) -> Params:
+        return idle_params(count, self.config_url, self.minutes, self.speed, DATA_DELAY_SECONDS)
 
 
 def idle_params(count: int, url: str, minutes: int, speed: float, delay: float) -> Params:
@@ -179,9 +177,8 @@ def measure_ray(bench: Bench, count: int) -> dict[str, float]:
             ray.kill(actor, no_restart=True)
         psutil.wait_procs(processes, timeout=30)
 
-        lead = RAY_LEAD_FACTOR * actors_s
-        replay = bench.params(count, DATA_DELAY_SECONDS + lead * bench.speed)
-        result, progress = idle_replay(bench, replay, "ray")
+        # run_ray has every actor up before its clock starts, so lag is the steady cost.
+        result, progress = idle_replay(bench, bench.params(count), "ray")
     finally:
         ray.shutdown()
 
@@ -193,7 +190,6 @@ def measure_ray(bench: Bench, count: int) -> dict[str, float]:
         "ray_actors_ready_s": actors_s,
         "ray_actor_rss_mib": statistics.fmean(m.rss / MIB for m in memory),
         "ray_actor_uss_mib": statistics.fmean(m.uss / MIB for m in memory),
-        "ray_lead_s": lead,
         "ray_unfinished": len(result.unfinished),
     }
 
@@ -315,6 +311,28 @@ def stop_spark_jvm() -> None:
             process.kill()
     SparkContext._gateway = None
     SparkContext._jvm = None
+
+
+@contextmanager
+def engine_session(engine: str, cpus: int) -> Iterator[None]:
+    """One local Ray for every run inside, started here and shut down on the way out (Ray).
+
+    ``run_ray`` leaves a Ray it did not start running, so runs inside share one start-up.
+    Spark needs nothing: its JVM stays up between sessions (see :func:`stop_spark_jvm`).
+    """
+    if engine != "ray":
+        yield
+        return
+
+    import ray
+
+    from anomaly.engines.ray_engine import start_ray
+
+    start_ray(None, cpus)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 # --- a customer's idle tick, without an engine -------------------------------------------------
@@ -478,17 +496,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure every customer count on both engines; print the report and return the figures."""
-    args = parse_args(argv)
+def measure(
+    customers: Sequence[int], minutes: int, speed: float, rounds: int, cpus: int,
+    keep_jvm: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Measure every customer count on both engines, in a ClickHouse of a temporary folder.
+
+    Returns the figures: ``rows`` (one per customer count), the direct idle tick, the JVM's
+    launch, the settings and the machine's load average around the measurement. The JVM is
+    launched here (so no JVM may be running yet) and stopped at the end unless ``keep_jvm``.
+    """
     figures: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "load_before": os.getloadavg()[0]},
-        "settings": {
-            "cpus": args.cpus,
-            "minutes": args.minutes,
-            "speed": args.speed,
-            "rounds": args.rounds,
-        },
+        "settings": {"cpus": cpus, "minutes": minutes, "speed": speed, "rounds": rounds},
         "rows": [],
     }
     started = time.perf_counter()
@@ -499,12 +519,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             with Store(idle_params(1, config_url, 1, 1.0, 0.0).clickhouse) as store:
                 client = store.client()
                 create_events_table(client, DATABASE)
-                bench = Bench(config_url, store.url, client, args.minutes, args.speed,
-                              args.rounds, args.cpus)  # fmt: skip
+                bench = Bench(config_url, store.url, client, minutes, speed, rounds, cpus)
                 figures["direct_tick_s"] = direct_idle_tick(bench)
-                figures["spark_jvm_s"] = launch_spark_jvm(args.cpus)
+                figures["spark_jvm_s"] = launch_spark_jvm(cpus)
 
-                for count in args.customers:
+                for count in customers:
                     print(f"measuring {count} customers ...", flush=True)
                     row: dict[str, Any] = {"customers": count}
                     row.update(measure_ray(bench, count))
@@ -513,10 +532,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     figures["rows"].append(row)
                 client.close()
         finally:
-            stop_spark_jvm()
+            if not keep_jvm:
+                stop_spark_jvm()
 
     figures["wall_s"] = time.perf_counter() - started
     figures["machine"]["load_after"] = os.getloadavg()[0]
+    return figures
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure every customer count on both engines; print the report and return the figures."""
+    args = parse_args(argv)
+    figures = measure(args.customers, args.minutes, args.speed, args.rounds, args.cpus)
     print(report(figures))
     print(f"\nwall time {figures['wall_s']:.0f} s")
     if args.json is not None:
