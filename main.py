@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Replay a dataset through the realtime anomaly detector under Ray or Spark, "
         "then print a per-customer summary (also written under reports/).",
+        epilog="Exit codes: 0 done; 1 unexpected error; 2 input refused or a run that failed "
+        "(one line says why); 3 some customers did not finish by the deadline; 130 interrupted.",
     )
     parser.add_argument(
         "--mode",
@@ -181,6 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(json.dumps(outcome.headline, default=str))
     print(f"summary written to {outcome.summary_path}")
+    unfinished = ", ".join(outcome.engine.unfinished)
+    if unfinished:
+        message = (
+            f"error: customers not finished by the deadline: {unfinished} (their minutes so "
+            "far are persisted; rerun with the same --run-id to resume)"
+        )
+        print(message, file=sys.stderr)
+        return 3
     return 0
 
 

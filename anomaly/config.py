@@ -8,12 +8,14 @@ table) are in :func:`check_columns`.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -33,6 +35,11 @@ REPORTS_ENV = "ANOMALY_REPORTS_DIR"
 def reports_root() -> Path:
     """``reports/`` of the project, or the folder ANOMALY_REPORTS_DIR names."""
     return Path(os.environ[REPORTS_ENV]) if os.environ.get(REPORTS_ENV) else ROOT / "reports"
+
+
+# Bounds that keep a mistyped number from generating billions of rows or running for years.
+MAX_SKEW = 10_000
+MAX_MINUTES = 100_000
 
 
 @dataclass(frozen=True)
@@ -266,11 +273,28 @@ def params_from_dict(
         raise ConfigError(
             f"clickhouse.url {redact(clickhouse.url)!r} must start with chdb:, http:// or https://"
         )
+    if clickhouse.url.strip() in ("chdb:", "chdb:.", "chdb:./"):
+        raise ConfigError(
+            f"clickhouse.url {clickhouse.url!r} must name a folder for the embedded ClickHouse, "
+            "e.g. chdb:data/clickhouse"
+        )
+    if not clickhouse.embedded:
+        try:
+            parts = urlsplit(clickhouse.url)
+            port_ok = parts.hostname is not None and (parts.port or 1) > 0
+        except ValueError:
+            port_ok = False
+        if not port_ok:
+            raise ConfigError(
+                f"clickhouse.url {redact(clickhouse.url)!r} is not a valid http(s)://host:port"
+            )
 
     detector_raw = raw.get("detector") or {}
     detector = _detector(detector_raw)
     run = _section(RunSettings, raw.get("run") or {}, "run")
     _positive(run.minutes, "run.minutes")
+    if run.minutes > MAX_MINUTES:
+        raise ConfigError(f"run.minutes {run.minutes!r} must be at most {MAX_MINUTES}")
     _positive(run.speed, "run.speed")
     _positive(run.checkpoint_every_minutes, "run.checkpoint_every_minutes")
     for key in ("data_delay_seconds", "wait_seconds_per_minute", "retry_seconds"):
@@ -302,8 +326,13 @@ def params_from_dict(
     return Params(clickhouse, detector, run, dataset, customers, source, root_cause)
 
 
-def check_columns(client: Any, database: str, customers: tuple[CustomerConfig, ...]) -> None:
-    """Check that every table and column a customer names exists in ClickHouse."""
+def check_columns(client: Any, database: str, customers: tuple[CustomerConfig, ...],
+                  *, present_only: bool = False) -> None:  # fmt: skip
+    """Check that every table and column a customer names exists in ClickHouse.
+
+    ``present_only`` skips customers whose table does not exist yet (a dataset not loaded
+    yet), so a run can refuse a bad metric before it loads or replaces anything.
+    """
     for customer in customers:
         rows = client.query(
             "SELECT name, type FROM system.columns WHERE database = {db:String} "
@@ -311,6 +340,8 @@ def check_columns(client: Any, database: str, customers: tuple[CustomerConfig, .
             parameters={"db": database, "table": customer.table},
         ).result_rows
         types = dict(rows)
+        if not types and present_only:
+            continue
         if not types:
             raise ConfigError(
                 f"customer {customer.name!r}: table {database}.{customer.table} does not exist"
@@ -392,7 +423,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
                 raise TypeError
             return int(value)
         if kind is float:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise TypeError
             return float(value)
         if kind is str:
@@ -400,10 +431,13 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
                 raise TypeError
             return value
         if kind is tuple:
-            return tuple(float(v) for v in value)
+            numbers = tuple(float(v) for v in value)
+            if not all(math.isfinite(n) for n in numbers):
+                raise TypeError
+            return numbers
         if kind is datetime:
             return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(
             f"{where}: {value!r} is not a valid {kind.__name__} (default {default!r})"
         ) from None
@@ -467,8 +501,15 @@ def _dataset(mapping: dict[str, Any]) -> DatasetSettings:
         raise ConfigError(f"dataset.kind {settings.kind!r} is not known; allowed: demo, nab")
     if settings.kind == "nab" and not settings.path:
         raise ConfigError("dataset.path must name a NAB-format folder when dataset.kind is nab")
-    if settings.skew < 1:
-        raise ConfigError(f"dataset.skew {settings.skew!r} must be >= 1")
+    if not 1 <= settings.skew <= MAX_SKEW:
+        raise ConfigError(f"dataset.skew {settings.skew!r} must be between 1 and {MAX_SKEW}")
+    if settings.seed < 0:
+        raise ConfigError(f"dataset.seed {settings.seed!r} must be >= 0")
+    # ClickHouse's DateTime holds 1970-01-01 .. 2106-02-07; leave room for the replay.
+    if not datetime(1971, 1, 1) <= settings.start <= datetime(2100, 1, 1):
+        raise ConfigError(
+            f"dataset.start {settings.start} must lie between 1971-01-01 and 2100-01-01"
+        )
     _positive(settings.events_per_minute, "dataset.events_per_minute")
     if settings.history_minutes < 0:
         raise ConfigError(f"dataset.history_minutes {settings.history_minutes!r} must be >= 0")
@@ -610,9 +651,28 @@ def _check_demo(dataset: DatasetSettings, customers: tuple[CustomerConfig, ...])
             )
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it can name a run (and its report folder), else a ConfigError."""
+    if not _RUN_ID.fullmatch(run_id):
+        raise ConfigError(
+            f"run id {run_id!r} must be 1-100 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit"
+        )
+    return run_id
+
+
 def redact(url: str) -> str:
-    """A URL with any password removed, for messages and logs."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    """A URL with any user and password removed, for messages and logs.
+
+    Everything before the last ``@`` of the part after the scheme goes (a password may hold
+    ``@`` itself, and a URL parser takes the host after the last one), also when the scheme's
+    slashes are mistyped.
+    """
+    scheme, separator, rest = url.partition(":")
+    if not separator or "@" not in rest:
+        return url
+    slashes = rest[: len(rest) - len(rest.lstrip("/"))]
+    return f"{scheme}:{slashes}***@{rest.rsplit('@', 1)[1]}"

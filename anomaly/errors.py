@@ -1,5 +1,30 @@
 """The project's named errors; every message names the bad value and what is allowed."""
 
+from __future__ import annotations
+
+import re
+
+# Colour codes Ray puts around worker names in its error text.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# A Python exception line inside an engine's error text: "package.SomeError: message".
+_PYTHON_ERROR = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Fault)): (.+)$", re.MULTILINE)
+
+
+def worker_cause(err: BaseException) -> str:
+    """One line saying what failed inside an engine's worker, from the error the engine raised
+    in the driver: Ray keeps the worker's exception as ``cause``; Spark only has the text of
+    the Python traceback inside a Java one, whose last Python exception line is taken."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {first_line(cause)}"
+    text = _ANSI.sub("", str(err))
+    jvm = ("java.", "javax.", "org.", "scala.", "py4j.")
+    found = [m for m in _PYTHON_ERROR.finditer(text) if not m.group(1).startswith(jvm)]
+    if found:
+        name, message = found[-1].groups()
+        return f"{name.rsplit('.', 1)[-1]}: {message.strip()}"
+    return first_line(err)
+
 
 def first_line(err: BaseException) -> str:
     """The first line of an error's message (its type name when it has none), for one-line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,10 @@ import pandas as pd
 from clickhouse_connect.driver.exceptions import OperationalError
 from tqdm.auto import tqdm
 
-from anomaly.config import Params, check_columns, reports_root
+from anomaly.config import Params, check_columns, check_run_id, reports_root
 from anomaly.engines import EngineResult, RunPlan, make_plan
 from anomaly.errors import ConfigError
+from anomaly.faults import FAULT_ENV, parse_fault
 from anomaly.store import Store
 from anomaly.summary import customer_summary, to_markdown
 
@@ -98,10 +100,27 @@ def run_job(
     minutes_given: bool = True,
 ) -> JobOutcome:
     """Load the dataset, run one engine over it, summarise, and write the report files."""
+    # Everything that can be refused is refused before anything is loaded or replaced.
+    if engine not in ENGINES:
+        raise ConfigError(f"engine {engine!r} is not known; allowed: {', '.join(ENGINES)}")
+    if run_id is not None:
+        check_run_id(run_id)
+    if os.environ.get(FAULT_ENV):
+        parse_fault(os.environ[FAULT_ENV])
+    reports = reports or reports_root()
+    try:
+        reports.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"reports folder {str(reports)!r} cannot be made: {err}") from None
+
     with Store(params.clickhouse) as store:
         client = store.client()
+        database = params.clickhouse.database
+        check_columns(client, database, params.customers, present_only=True)
+        if run_id is not None:
+            _check_run_engine(client, database, run_id, engine)
         params, load = prepare_dataset(client, params, minutes_given, progress)
-        check_columns(client, params.clickhouse.database, params.customers)
+        check_columns(client, database, params.customers)
 
         plan = make_plan(
             engine, load.first_minute, params.dataset.history_minutes, params.run.minutes,
@@ -138,8 +157,22 @@ def run_job(
         client.close()
 
     outcome = JobOutcome(params, plan, load, result, summary, Path())
-    outcome.summary_path = write_report(outcome, reports or reports_root())
+    outcome.summary_path = write_report(outcome, reports)
     return outcome
+
+
+def _check_run_engine(client: Any, database: str, run_id: str, engine: str) -> None:
+    """Refuse to resume a run under another engine: its report would mix the two."""
+    engines = client.query(
+        "SELECT DISTINCT engine FROM {db:Identifier}.progress WHERE run_id = {run:String}",
+        parameters={"db": database, "run": run_id},
+    ).result_rows
+    others = sorted({name for (name,) in engines} - {engine})
+    if others:
+        raise ConfigError(
+            f"run id {run_id!r} belongs to a {others[0]} run; resume it with --mode "
+            f"{others[0]} or choose another run id"
+        )
 
 
 def run_engine(params: Params, url: str, plan: RunPlan, engine: str, **options: Any

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,67 @@ def test_bad_customer_detector_settings_are_named(raw: dict, detector, message: 
 def test_bad_seasonal_values_are_named(key: str, value: object, message: str):
     with pytest.raises(ConfigError, match=message):
         load_params(overrides={key: value})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://alice:pa@ss@127.0.0.1:1", "http:/alice:pa@ss@127.0.0.1:1", "https://u:pa@ss@h:8443/x"],
+)
+def test_redaction_hides_a_password_holding_at_signs_or_behind_a_mistyped_scheme(url):
+    from anomaly.config import redact
+
+    shown = redact(url)
+    assert "pa@ss" not in shown and "ss@" not in shown and "***@" in shown
+    assert shown.endswith(url.rsplit("@", 1)[1])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("run.speed", float("inf"), "run.speed: inf is not a valid float"),
+        ("run.data_delay_seconds", float("nan"), "run.data_delay_seconds: nan"),
+        ("run.retry_seconds", float("nan"), "run.retry_seconds: nan"),
+        ("run.minutes", float("inf"), "run.minutes: inf is not a valid int"),
+        ("run.minutes", 10**9, "run.minutes 1000000000 must be at most"),
+        ("detector.band_sigmas", float("inf"), "detector.band_sigmas: inf"),
+        ("dataset.skew", float("nan"), "dataset.skew: nan"),
+        ("dataset.skew", 10**7, "dataset.skew 10000000.0 must be between 1 and"),
+        ("dataset.seed", -1, "dataset.seed -1 must be >= 0"),
+        ("dataset.start", "9999-12-31 23:00:00", "dataset.start 9999-12-31 23:00:00 must lie"),
+        ("clickhouse.url", "chdb:", "must name a folder"),
+        ("clickhouse.url", "http://127.0.0.1:abc", "is not a valid http(s)://host:port"),
+        ("clickhouse.url", "http://u:secret@127.0.0.1:99999", "'http://***@127.0.0.1:99999'"),
+    ],
+)
+def test_non_finite_out_of_range_and_malformed_values_are_named(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_params(None, {key: value})
+
+
+@pytest.mark.parametrize(
+    "run_id", ["../../tmp/escape", "a" * 101, "", "x'; DROP TABLE t", ".hidden"]
+)
+def test_run_ids_that_cannot_name_a_folder_are_refused(run_id):
+    from anomaly.config import check_run_id
+
+    with pytest.raises(ConfigError, match="run id"):
+        check_run_id(run_id)
+    assert check_run_id("ray-2026.12_04") == "ray-2026.12_04"
+
+
+def test_worker_cause_finds_the_python_error_inside_an_engine_error():
+    from anomaly.errors import worker_cause
+
+    class RayLike(Exception):
+        cause = ValueError("bad value 7\nsecond line")
+
+    assert worker_cause(RayLike("\x1b[36mray::Actor\x1b[0m ...")) == "ValueError: bad value 7"
+    spark_text = (
+        "An error occurred while calling o1.collect.\n"
+        "org.apache.spark.SparkException: Job aborted\n"
+        'Traceback (most recent call last):\n  File "x.py", line 1\n'
+        "anomaly.errors.ConfigError: ANOMALY_FAULT 'x' must be JSON\n"
+        "\tat org.apache.spark.api.python.PythonRunner\n"
+        "java.lang.RuntimeException: wrapper\n"
+    )
+    assert worker_cause(Exception(spark_text)) == "ConfigError: ANOMALY_FAULT 'x' must be JSON"

@@ -98,6 +98,19 @@ def test_a_password_in_the_url_stays_out_of_errors_and_tracebacks(harness):
         assert fault_drill.SECRET not in done.output
 
 
+def test_resuming_a_run_under_another_engine_is_refused(harness):
+    done = harness.run(["--mode", "spark", "--run-id", harness.baseline_run])
+    assert done.returncode == 2
+    assert f"run id {harness.baseline_run!r} belongs to a ray run" in done.output
+
+
+def test_a_malformed_fault_is_refused_in_one_line_before_anything_runs(harness):
+    done = harness.run(["--mode", "ray", "--run-id", "bad-fault"], env={FAULT_ENV: "not json"})
+    errors = [line for line in done.output.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and FAULT_ENV in errors[0]
+    assert "Traceback" not in done.output and "demo dataset" not in done.output
+
+
 # --- the fault switch itself (pure logic) ------------------------------------------------
 
 

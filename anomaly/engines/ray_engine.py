@@ -17,7 +17,7 @@ from typing import Any
 from anomaly.clock import MINUTE, Clock, follow_clock
 from anomaly.config import CustomerConfig, Params
 from anomaly.engines import EngineResult, RunPlan
-from anomaly.errors import EngineError
+from anomaly.errors import EngineError, worker_cause
 from anomaly.pipeline import CustomerWorker, configure_worker_logging
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def run_ray(
         results = _wait(pending, plan, on_progress, count_done)
         replay_seconds = time.time() - replay_started
     except ray.exceptions.RayError as err:
-        raise EngineError(f"Ray run {plan.run_id} failed: {err}") from err
+        raise EngineError(f"Ray run {plan.run_id} failed: {worker_cause(err)}") from err
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)

@@ -23,7 +23,7 @@ from typing import Any
 from anomaly.clock import MINUTE, Clock, follow_clock
 from anomaly.config import Params
 from anomaly.engines import EngineResult, RunPlan
-from anomaly.errors import EngineError, first_line
+from anomaly.errors import EngineError, worker_cause
 from anomaly.faults import FAULT_ENV
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def run_spark(
         replay_seconds = time.time() - replay_started
     except Exception as err:
         if type(err).__module__.startswith(("py4j", "pyspark")):
-            raise EngineError(f"Spark run {plan.run_id} failed: {first_line(err)}") from err
+            raise EngineError(f"Spark run {plan.run_id} failed: {worker_cause(err)}") from err
         raise
     finally:
         session.stop()
