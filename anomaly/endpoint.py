@@ -924,8 +924,9 @@ async def _serve_async(
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), PARENT_POLL_SECONDS)
-            if exit_with_parent and os.getppid() != parent:
-                logger.info("the process that started this endpoint is gone; stopping")
+            if exit_with_parent and os.getppid() != parent and not live_guests(data_dir):
+                logger.info("the process that started this endpoint is gone, and no run "
+                            "reusing it is left; stopping")  # fmt: skip
                 stop.set()
         logger.info("stopping the endpoint for %s", data_dir)
 
@@ -1147,6 +1148,14 @@ class EmbeddedEndpoint:
         if process is None:
             return
 
+        guests = [pid for pid in (live_guests(self._data_dir) if self._data_dir else [])
+                  if pid != os.getpid()]  # fmt: skip
+        if process.poll() is None and guests:
+            logger.info("endpoint pid %d left serving %d other run(s) (pids %s); it stops "
+                        "after them", process.pid, len(guests), guests)  # fmt: skip
+            self._forget()
+            return
+
         if process.poll() is None:
             process.terminate()
             try:
@@ -1184,6 +1193,43 @@ def _log_tail(path: Path, start: int, limit: int = 2000) -> str:
     return "(no log)"
 
 
+def _guests_dir(data_dir: Path) -> Path:
+    return data_dir.parent / f"{data_dir.name}.endpoint.guests"
+
+
+def live_guests(data_dir: str | os.PathLike[str]) -> list[int]:
+    """Process ids of the live processes reusing the endpoint of ``data_dir`` (dead ones'
+    registrations are removed on the way)."""
+    folder = _guests_dir(Path(data_dir).resolve())
+    alive = []
+    for entry in folder.glob("*") if folder.is_dir() else []:
+        pid = int(entry.name) if entry.name.isdigit() else -1
+        if pid > 0 and _process_alive(pid):
+            alive.append(pid)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+    return alive
+
+
+class GuestLease:
+    """A run's registration as a user of an endpoint another process started.
+
+    While any guest lives, the endpoint outlives its owner: the owner's :meth:`stop` leaves
+    it serving, and it stops by itself once the owner and every guest are gone.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        folder = _guests_dir(data_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._path = folder / str(os.getpid())
+        self._path.touch()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._path.unlink()
+
+
 def running_endpoint(data_dir: str | os.PathLike[str]) -> str | None:
     """The URL of an endpoint already serving ``data_dir``, or None.
 
@@ -1218,18 +1264,19 @@ def running_endpoint(data_dir: str | os.PathLike[str]) -> str | None:
 
 def ensure_endpoint(
     data_dir: str | os.PathLike[str], timeout: float = DEFAULT_START_TIMEOUT
-) -> tuple[str, EmbeddedEndpoint | None]:
+) -> tuple[str, EmbeddedEndpoint | GuestLease]:
     """Reuse the endpoint serving ``data_dir``, or start one.
 
     Returns
     -------
     tuple
-        The URL, and the :class:`EmbeddedEndpoint` to stop later if this call started it
-        (None when an existing endpoint was reused: its owner stops it).
+        The URL, and what to stop when done: the :class:`EmbeddedEndpoint` this call started,
+        or a :class:`GuestLease` on the one it reused (which keeps that endpoint serving
+        until this process stops the lease or dies, even if its owner finishes first).
     """
     url = running_endpoint(data_dir)
     if url is not None:
-        return url, None
+        return url, GuestLease(Path(data_dir).resolve())
 
     endpoint = EmbeddedEndpoint()
     try:
@@ -1241,7 +1288,7 @@ def ensure_endpoint(
         while _lock_holder(Path(data_dir).resolve()) is not None:
             url = running_endpoint(data_dir)
             if url is not None:
-                return url, None
+                return url, GuestLease(Path(data_dir).resolve())
             if time.monotonic() > deadline:
                 break
             time.sleep(0.2)

@@ -25,8 +25,11 @@ import psutil
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from anomaly.config import ROOT
 from anomaly.endpoint import (
+    PARENT_POLL_SECONDS,
     EmbeddedEndpoint,
+    GuestLease,
     ensure_endpoint,
     running_endpoint,
     serve,
@@ -443,7 +446,9 @@ def test_running_endpoint_finds_a_live_one_and_drops_a_stale_state(
     )
 
     assert running_endpoint(data_dir) == endpoint.url
-    assert ensure_endpoint(data_dir) == (endpoint.url, None)
+    url, lease = ensure_endpoint(data_dir)
+    assert url == endpoint.url and isinstance(lease, GuestLease)
+    lease.stop()
     assert running_endpoint(stale_dir) is None
     assert not stale.exists()
 
@@ -521,3 +526,36 @@ def test_bad_insert_data_answers_with_a_parse_error_and_endpoint_goes_on(
     assert bad_body.startswith(f"Code: {bad_headers['X-ClickHouse-Exception-Code']}.".encode())
     assert (missing_status, missing_headers["X-ClickHouse-Exception-Code"]) == (404, "60")
     assert client.command("SELECT count() FROM strict") == 0
+
+
+def test_an_endpoint_outlives_its_owner_while_a_run_reusing_it_lives(tmp_path: Path) -> None:
+    data_dir = tmp_path / "shared"
+    go = tmp_path / "go"
+    owner = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, pathlib; from anomaly.endpoint import EmbeddedEndpoint\n"
+        f"e = EmbeddedEndpoint(); print(e.start({str(data_dir)!r}), flush=True)\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.1)\n"
+        "e.stop()"
+    )], stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    assert owner.stdout is not None
+    url = owner.stdout.readline().strip()
+    guest = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from anomaly.endpoint import ensure_endpoint\n"
+        f"url, lease = ensure_endpoint({str(data_dir)!r}); print(url, flush=True)\n"
+        "sys.stdin.readline(); lease.stop()"
+    )], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    assert guest.stdout is not None and guest.stdin is not None
+    assert guest.stdout.readline().strip() == url
+
+    go.touch()  # the owner finishes first: the endpoint keeps serving its guest
+    assert owner.wait(30) == 0
+    time.sleep(2 * PARENT_POLL_SECONDS)
+    assert running_endpoint(data_dir) == url
+
+    guest.stdin.write("done\n")  # the last user leaves: the endpoint stops by itself
+    guest.stdin.flush()
+    assert guest.wait(30) == 0
+    deadline = time.monotonic() + 10 * PARENT_POLL_SECONDS + 10
+    while running_endpoint(data_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert running_endpoint(data_dir) is None
