@@ -242,6 +242,8 @@ def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"params file {str(path)!r} cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"params file {str(path)!r} is not UTF-8 text") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -280,3 +280,10 @@ def test_worker_cause_finds_the_python_error_inside_an_engine_error():
         "java.lang.RuntimeException: wrapper\n"
     )
     assert worker_cause(Exception(spark_text)) == "ConfigError: ANOMALY_FAULT 'x' must be JSON"
+
+
+def test_a_params_file_that_is_not_text_is_named(tmp_path: Path):
+    binary = tmp_path / "params.yaml"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_params(binary)
