@@ -287,3 +287,18 @@ def test_a_params_file_that_is_not_text_is_named(tmp_path: Path):
     binary.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(ConfigError, match="is not UTF-8 text"):
         load_params(binary)
+
+
+def test_cluster_addresses_that_do_not_answer_are_named_at_once():
+    from anomaly.engines import check_reachable
+    from anomaly.engines.spark_engine import spark_session
+    from anomaly.errors import EngineError
+
+    with pytest.raises(EngineError, match="Ray address '127.0.0.1:1' does not answer"):
+        check_reachable("127.0.0.1:1", "Ray address")
+    with pytest.raises(EngineError, match="must end in host:port"):
+        check_reachable("garbage", "Ray address")
+    with pytest.raises(EngineError, match="Spark master 'garbage' is not a master URL"):
+        spark_session("garbage", 2)
+    with pytest.raises(EngineError, match="does not answer"):
+        spark_session("spark://127.0.0.1:1", 2)

@@ -7,6 +7,7 @@ anomalies and detector_state tables, so one analysis reads either.
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -14,9 +15,25 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from anomaly.clock import MINUTE, SimulatedClock
+from anomaly.errors import EngineError
 
 # Seconds between the clock's creation and its start, so every worker sees minute one arrive.
 CLOCK_LEAD_SECONDS = 1.0
+
+
+def check_reachable(address: str, what: str, timeout: float = 5.0) -> None:
+    """Raise EngineError naming ``address`` unless a TCP connection to its host:port opens.
+
+    Ray and Spark retry a wrong cluster address for minutes before failing with pages of
+    traces; one connection attempt says at once which address is wrong.
+    """
+    host, _, port = address.rpartition("/")[2].rpartition(":")
+    if not host or not port.isdigit():
+        raise EngineError(f"{what} {address!r} must end in host:port")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise EngineError(f"{what} {address!r} does not answer: {err.strerror or err}") from None
 
 
 @dataclass(frozen=True)

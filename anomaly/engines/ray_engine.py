@@ -16,7 +16,7 @@ from typing import Any
 
 from anomaly.clock import MINUTE, Clock, follow_clock
 from anomaly.config import CustomerConfig, Params
-from anomaly.engines import EngineResult, RunPlan
+from anomaly.engines import EngineResult, RunPlan, check_reachable
 from anomaly.errors import EngineError, worker_cause
 from anomaly.pipeline import CustomerWorker, configure_worker_logging
 
@@ -78,6 +78,8 @@ def start_ray(address: str | None, num_cpus: int) -> bool:
     if ray.is_initialized():
         return False
     if address:
+        if address != "auto":
+            check_reachable(address, "Ray address")
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
                  runtime_env={"py_modules": [_package_dir()]})  # fmt: skip
         return True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 from anomaly.clock import MINUTE, Clock, follow_clock
 from anomaly.config import Params
-from anomaly.engines import EngineResult, RunPlan
+from anomaly.engines import EngineResult, RunPlan, check_reachable
 from anomaly.errors import EngineError, worker_cause
 from anomaly.faults import FAULT_ENV
 
@@ -40,6 +41,15 @@ def spark_session(master: str | None, slots: int, fair: bool = False) -> Any:
     """
     from anomaly.java import ensure_java
 
+    if master is not None:
+        if not re.fullmatch(r"local(\[[0-9*]+(,[0-9]+)?\])?|spark://.+|yarn|k8s://.+", master):
+            raise EngineError(
+                f"Spark master {master!r} is not a master URL: local[N], spark://host:port, "
+                "yarn or k8s://..."
+            )
+        if master.startswith("spark://"):
+            for address in master.removeprefix("spark://").split(","):
+                check_reachable(address, "Spark master")
     ensure_java()
     # py4j logs every reconnect of its gateway socket at INFO; only problems matter here.
     logging.getLogger("py4j").setLevel(logging.WARNING)
