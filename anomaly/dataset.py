@@ -28,6 +28,7 @@ from anomaly.sql import Aggregate, identifier
 log = logging.getLogger(__name__)
 
 DEMO_DATASET = "demo"
+STAGING_TABLE = "events_loading"
 EVENTS_TABLE = "events"
 TIME_COLUMN = "ts"
 CUSTOMER_COLUMN = "customer"
@@ -262,21 +263,26 @@ def load_demo(client: Any, params: Params, minutes: int, *, progress: bool = Tru
         log.info("demo dataset unchanged (%d rows), kept", kept.rows)
         return replace(kept, seconds=time.perf_counter() - started)
 
-    log.info("demo dataset: generating %d customers x %d minutes", len(customers), minutes)
-    forget_load(client, database, DEMO_DATASET)
-    recreate_table(client, database, EVENTS_TABLE, _EVENTS_DDL)
+    log.info("demo dataset: generating %d customers x %d minutes (%d of history)",
+             len(customers), params.dataset.history_minutes + minutes,
+             params.dataset.history_minutes)  # fmt: skip
+    # Generated beside the events table and swapped in whole, so a load that fails half way
+    # leaves the previous dataset as it was.
+    recreate_table(client, database, STAGING_TABLE, _EVENTS_DDL)
     rows, labels = 0, []
     with tqdm(
         total=len(customers), unit="customer", desc="demo events", disable=not progress
     ) as bar:
         for customer in customers:
             frame, customer_labels = _generate_customer(params, customer, minutes)
-            insert_frame(client, database, EVENTS_TABLE, frame)
+            insert_frame(client, database, STAGING_TABLE, frame)
             rows += len(frame)
             labels.extend(customer_labels)
             bar.set_postfix(rows=rows)
             bar.update()
 
+    forget_load(client, database, DEMO_DATASET)
+    swap_in(client, database, STAGING_TABLE, EVENTS_TABLE)
     insert_frame(client, database, "labels", _labels_frame(labels))
     first = start_minute(params.dataset)
     last = first + timedelta(minutes=params.dataset.history_minutes + minutes - 1)
@@ -338,6 +344,26 @@ def recreate_table(client: Any, database: str, table: str, ddl: str) -> None:
     names = {"db": database, "table": identifier(table, "table")}
     client.command("DROP TABLE IF EXISTS {db:Identifier}.{table:Identifier} SYNC", parameters=names)
     client.command(ddl, parameters=names)
+
+
+def swap_in(client: Any, database: str, loaded: str, table: str) -> None:
+    """Make the freshly ``loaded`` table ``table``, dropping what ``table`` held."""
+    names = {"db": database, "new": identifier(loaded, "table"), "old": identifier(table, "table")}
+    exists = client.query(
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {old:String}",
+        parameters=names,
+    ).result_rows[0][0]
+    if exists:
+        client.command(
+            "EXCHANGE TABLES {db:Identifier}.{new:Identifier} AND {db:Identifier}.{old:Identifier}",
+            parameters=names,
+        )
+        client.command("DROP TABLE {db:Identifier}.{new:Identifier} SYNC", parameters=names)
+    else:
+        client.command(
+            "RENAME TABLE {db:Identifier}.{new:Identifier} TO {db:Identifier}.{old:Identifier}",
+            parameters=names,
+        )
 
 
 def insert_frame(client: Any, database: str, table: str, frame: pd.DataFrame) -> None:

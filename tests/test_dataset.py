@@ -330,3 +330,28 @@ def test_loading_leaves_other_datasets_and_tables_alone(client: Any) -> None:
     load_demo(client, small(**{"dataset.seed": 24}), 10, progress=False)
     assert count(client, "SELECT count() FROM anomaly.labels WHERE dataset = 'nab'") == 1
     assert count(client, "SELECT count() FROM anomaly.anomalies WHERE run_id = 'r1'") == 1
+
+
+def test_a_load_failing_half_way_leaves_the_previous_dataset_whole(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import anomaly.dataset as dataset
+
+    params = small(**{"dataset.seed": 25})
+    before = load_demo(client, params, 10, progress=False)
+    real = dataset._generate_customer
+    calls = []
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OverflowError("generation failed half way")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dataset, "_generate_customer", failing)
+    with pytest.raises(OverflowError):
+        load_demo(client, small(**{"dataset.seed": 26}), 10, progress=False)
+    monkeypatch.undo()
+
+    assert count(client, "SELECT count() FROM anomaly.events") == before.rows
+    assert not load_demo(client, params, 10, progress=False).reloaded
