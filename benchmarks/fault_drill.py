@@ -268,30 +268,28 @@ def _warnings_by_customer(output: str) -> dict[str, int]:
 # --- the drills --------------------------------------------------------------------------
 
 
-def _fault(harness: Harness, action: str, offset_minutes: int) -> Fault:
+def worker_fault(harness: Harness, engine: str, action: str, drill: str,
+                 offset_minutes: int = 5) -> Outcome:  # fmt: skip
+    """A run of ``engine`` whose victim's worker meets ``action`` (kill or fail) once, in the
+    middle of the tick covering the ``offset_minutes``-th replayed minute."""
+    started, run_id = time.monotonic(), f"{engine}-{action}"
     minute = harness.first_replay_minute() + pd.Timedelta(minutes=offset_minutes)
-    marker = harness.folder / f"fault-{action}-{time.monotonic_ns()}"
-    return Fault(action, VICTIM, minute.to_pydatetime(), str(marker))
+    marker = harness.folder / f"fault-{run_id}-{time.monotonic_ns()}"
+    fault = Fault(action, VICTIM, minute.to_pydatetime(), str(marker))
+    done = harness.run(["--mode", engine, "--run-id", run_id], env={FAULT_ENV: fault.to_env()})
+    outcome = harness.outcome(drill, engine, run_id, [done], started)
+    outcome.notes.append(f"fault fired: {marker.exists()}")
+    return outcome
 
 
 def ray_actor_killed(harness: Harness) -> Outcome:
     """SIGKILL of one customer's actor process in the middle of a replayed tick."""
-    started, run_id = time.monotonic(), "ray-actor-killed"
-    fault = _fault(harness, "kill", 5)
-    done = harness.run(["--mode", "ray", "--run-id", run_id], env={FAULT_ENV: fault.to_env()})
-    outcome = harness.outcome("Ray actor killed mid-tick", "ray", run_id, [done], started)
-    outcome.notes.append(f"fault fired: {Path(fault.marker).exists()}")
-    return outcome
+    return worker_fault(harness, "ray", "kill", "Ray actor killed mid-tick")
 
 
 def spark_task_failed(harness: Harness) -> Outcome:
     """One customer's Spark task raises in the middle of a replayed tick; Spark retries it."""
-    started, run_id = time.monotonic(), "spark-task-failed"
-    fault = _fault(harness, "fail", 5)
-    done = harness.run(["--mode", "spark", "--run-id", run_id], env={FAULT_ENV: fault.to_env()})
-    outcome = harness.outcome("Spark task fails mid-tick", "spark", run_id, [done], started)
-    outcome.notes.append(f"fault fired: {Path(fault.marker).exists()}")
-    return outcome
+    return worker_fault(harness, "spark", "fail", "Spark task fails mid-tick")
 
 
 def spark_driver_killed(harness: Harness) -> Outcome:
