@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly.config import ROOT, load_params, reports_root
-from anomaly.errors import AnomalyError, first_line
+from anomaly.errors import report_failure
 
 log = logging.getLogger("main")
 
@@ -164,19 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
             minutes_given=args.minutes is not None,
         )
-    except AnomalyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: every process this run started has been stopped", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - one line for the user; --verbose shows the rest
-        if args.verbose:
-            raise
-        first = first_line(err)
-        print(f"error: {type(err).__name__}: {first} (rerun with --verbose for the traceback)",
-              file=sys.stderr)  # fmt: skip
-        return 1
+    except (Exception, KeyboardInterrupt) as err:
+        return report_failure(
+            err, args.verbose, "interrupted: every process this run started has been stopped"
+        )
 
     print()
     print(outcome.table_markdown)

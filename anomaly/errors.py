@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 # Colour codes Ray puts around worker names in its error text.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -24,6 +25,23 @@ def worker_cause(err: BaseException) -> str:
         name, message = found[-1].groups()
         return f"{name.rsplit('.', 1)[-1]}: {message.strip()}"
     return first_line(err)
+
+
+def report_failure(err: BaseException, verbose: bool, interrupted: str = "interrupted") -> int:
+    """Print one line about a command's failure and return its exit code: 2 for the project's
+    own errors, 130 for Ctrl-C, 1 for anything else (re-raised with ``verbose``, so its
+    traceback shows)."""
+    if isinstance(err, AnomalyError):
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if isinstance(err, KeyboardInterrupt):
+        print(interrupted, file=sys.stderr)
+        return 130
+    if verbose:
+        raise err
+    print(f"error: {type(err).__name__}: {first_line(err)} (rerun with --verbose for the "
+          "traceback)", file=sys.stderr)  # fmt: skip
+    return 1
 
 
 def first_line(err: BaseException) -> str:

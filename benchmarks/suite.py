@@ -29,7 +29,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from anomaly.config import ROOT, load_params, reports_root
-from anomaly.errors import AnomalyError, ConfigError, first_line
+from anomaly.errors import ConfigError, report_failure
 from anomaly.store import Store
 from benchmarks import bench_capacity, bench_detector, bench_engines, bench_queries, bench_scaling
 from benchmarks.summary import HEADLINE_COLUMNS, headline, table, to_markdown
@@ -421,21 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections = [name for name in SECTIONS if name in (args.only or SECTIONS)]
         results = run(sizes, sections, args.cpus, command.strip())
         paths = write(results, args.out or reports_root() / "benchmarks")
-    except AnomalyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - one line for the user; --verbose shows the rest
-        if args.verbose:
-            raise
-        print(
-            f"error: {type(err).__name__}: {first_line(err)} (rerun with --verbose for the "
-            "traceback)",
-            file=sys.stderr,
-        )
-        return 1
+    except (Exception, KeyboardInterrupt) as err:
+        return report_failure(err, args.verbose)
 
     print()
     print(table(results["headline"], HEADLINE_COLUMNS))
